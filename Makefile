@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both bootstrap .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: bootstrap data test demo bench readme clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+data:
+	@if [ -f "$(FMNIST)" ] || [ -n "$$PRUNEKIT_DATA" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
+	else \
+		echo "Fashion-MNIST is missing: install the Debian package dataset-fashion-mnist" \
+		     "(sudo apt-get install dataset-fashion-mnist), or set PRUNEKIT_DATA=DIR holding the four IDX files."; \
+	fi
+
+bootstrap: $(STAMP) data
+
+test: bootstrap
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/python -m pytest
+
+demo: bootstrap
+	$(BIN)/prunekit demo
+
+bench: bootstrap
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/make_readme_table.py
+
+readme: bootstrap
+	$(BIN)/python benchmarks/make_readme_table.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""``prunekit zoo list|train NAME``: the reference models and their training recipes."""
+from __future__ import annotations
+
+import json
+
+from prunekit.zoo import NAMES, read_manifest
+
+
+def register(sub) -> None:
+    p = sub.add_parser("zoo", help="list or train the reference models")
+    zsub = p.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="models and their recorded metrics").set_defaults(func=run_list)
+    t = zsub.add_parser("train", help="train NAME on the CPU and write its checkpoint + manifest entry")
+    t.add_argument("name", choices=[n for n in NAMES if n != "minilm"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quick", action="store_true", help="a tiny smoke run (not a usable model)")
+    t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
+    t.set_defaults(func=run_train)
+
+
+def run_list(args) -> int:
+    manifest = read_manifest()
+    for name in NAMES:
+        entry = manifest.get(name, {})
+        print(f"{name:15} {json.dumps(entry.get('metric', {'reference': 'pretrained weights'}))}")
+    return 0
+
+
+def run_train(args) -> int:
+    from prunekit.zoo.train import train_model
+    cmd = f"prunekit zoo train {args.name}" + (f" --seed {args.seed}" if args.seed else "")
+    entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd)
+    print(json.dumps(entry, indent=2))
+    return 0

@@ -1,0 +1,172 @@
+"""Measure what a compression buys and costs: parameters, MACs, latency, peak memory, task metric.
+
+Every result in prunekit goes through :func:`profile`, whose dict is the JSON shape the CLI prints
+(``params``, ``macs``, ``latency_ms``, ``batch_size``, ``threads``, ``metric``, ...).
+
+>>> import torch
+>>> lin = torch.nn.Linear(64, 32)
+>>> count_macs(lin, (torch.randn(4, 64),))   # 4 rows x 64 in x 32 out
+8192
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
+           "measure_latency", "peak_memory", "profile", "embedding_fidelity", "threads"]
+
+
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    """Call ``model`` on ``inputs``: a dict is passed as keywords, a tuple/list as positional args."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def batch_size_of(inputs: Any) -> int:
+    """The leading dimension of the first tensor in ``inputs``."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0])
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return int(v.shape[0])
+    raise ValueError("inputs hold no tensor, so the batch size is unknown")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Number of parameters that are not exactly zero (what unstructured sparsity removes)."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def count_macs(model: nn.Module, inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        run_model(model, inputs)
+    return int(counter.get_total_flops() // 2)
+
+
+@contextmanager
+def threads(n: int | None):
+    """Temporarily set ``torch``'s intra-op thread count."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def measure_latency(model: nn.Module, inputs: Any, warmup: int = 3, repeats: int = 10,
+                    num_threads: int | None = None, min_seconds: float = 0.0) -> dict:
+    """Wall-clock latency of one forward pass: median, 10th and 90th percentile over ``repeats``."""
+    with threads(num_threads) as n, torch.inference_mode():
+        for _ in range(warmup):
+            run_model(model, inputs)
+        times, t_start = [], time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - t_start < min_seconds:
+            t0 = time.perf_counter()
+            run_model(model, inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"latency_ms": round(statistics.median(times), 3), "latency_p10_ms": round(q[0], 3),
+            "latency_p90_ms": round(q[-1], 3), "repeats": len(times), "warmup": warmup,
+            "batch_size": batch_size_of(inputs), "threads": n}
+
+
+class _LiveTensors(TorchDispatchMode):
+    """Tracks the bytes of tensors created inside the mode that are still alive, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self.seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key and key not in self.seen:
+                    self.seen.add(key)
+                    self.live += st.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, key, st.nbytes())
+        return out
+
+
+def peak_memory(model: nn.Module, inputs: Any) -> dict:
+    """Peak bytes of one inference forward: weights and buffers plus the activations alive at once."""
+    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    mode = _LiveTensors()
+    with torch.inference_mode(), mode:
+        out = run_model(model, inputs)
+    del out
+    return {"weights_mb": round(weights / 2**20, 3), "activations_peak_mb": round(mode.peak / 2**20, 3),
+            "peak_memory_mb": round((weights + mode.peak) / 2**20, 3)}
+
+
+def profile(model: nn.Module, inputs: Any, evaluate: Callable[[nn.Module], dict] | None = None,
+            num_threads: int | None = None, warmup: int = 3, repeats: int = 10, memory: bool = True) -> dict:
+    """All measurements of ``model`` on ``inputs`` in one dict (the ``prunekit profile --json`` shape).
+
+    >>> import torch
+    >>> p = profile(torch.nn.Linear(8, 2), (torch.randn(3, 8),), repeats=3)
+    >>> p["params"], p["macs"], p["batch_size"]
+    (18, 48, 3)
+    """
+    was = model.training
+    model.eval()
+    try:
+        out = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
+               "macs": count_macs(model, inputs)}
+        out.update(measure_latency(model, inputs, warmup, repeats, num_threads))
+        if memory:
+            out.update(peak_memory(model, inputs))
+        out["metric"] = evaluate(model) if evaluate else {}
+    finally:
+        model.train(was)
+    return out
+
+
+def embedding_fidelity(emb: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Fidelity of sentence embeddings against the dense model's, row ``i`` = sentence ``i``.
+
+    ``fidelity``: mean cosine similarity between each compressed and dense embedding.
+    ``retrieval_top1``: how often each sentence's nearest other sentence is the same in both spaces.
+
+    >>> import torch
+    >>> e = torch.randn(5, 4)
+    >>> embedding_fidelity(e, e)
+    {'fidelity': 1.0, 'retrieval_top1': 1.0}
+    """
+    a = nn.functional.normalize(emb.float(), dim=-1)
+    b = nn.functional.normalize(ref.float(), dim=-1)
+    fid = float((a * b).sum(-1).mean())
+    eye = torch.eye(a.shape[0], dtype=torch.bool)
+    nn_a = (a @ a.T).masked_fill(eye, -2).argmax(-1)
+    nn_b = (b @ b.T).masked_fill(eye, -2).argmax(-1)
+    return {"fidelity": round(min(fid, 1.0), 6), "retrieval_top1": round(float((nn_a == nn_b).float().mean()), 6)}

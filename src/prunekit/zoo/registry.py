@@ -1,0 +1,101 @@
+"""``prunekit.zoo.load(name)``: a reference model, example inputs and its task metric, ready to use.
+
+>>> wl = load("fmnist-resnet")          # doctest: +SKIP
+>>> wl.model(*wl.example_inputs).shape
+torch.Size([8, 10])
+>>> wl.evaluate(wl.model, limit=500)   # doctest: +SKIP
+{'top1': 0.93}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normalize
+from prunekit.zoo import models
+from prunekit.zoo.store import load_state, read_manifest
+
+__all__ = ["Workload", "load", "evaluate_model", "NAMES", "TASKS"]
+
+TASKS = {"fmnist-resnet": "classification", "fmnist-vit": "classification",
+         "mosaic-segvit": "segmentation", "motion-vivit": "video", "minilm": "sentence-embedding"}
+NAMES = tuple(TASKS)
+EVAL_SAMPLES = {"mosaic-segvit": 2000, "motion-vivit": 2000}  # size of the generated eval splits
+
+
+@dataclass
+class Workload:
+    """A reference model with everything needed to measure it."""
+
+    name: str
+    model: nn.Module
+    example_inputs: Any  # a tuple of positional args, or a dict of keyword args
+    evaluate: Callable[..., dict]
+    task: str
+    metric_key: str
+    info: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch: int = 250):
+    was = model.training
+    model.eval()
+    try:
+        for i in range(0, x.shape[0], batch):
+            yield i, model(normalize(x[i:i + batch]))
+    finally:
+        model.train(was)
+
+
+def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    correct = sum(int((out.argmax(-1) == y[i:i + out.shape[0]]).sum()) for i, out in _logits(model, x))
+    return correct / x.shape[0]
+
+
+def miou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 11) -> float:
+    """Mean intersection-over-union over the classes present in the labels or predictions."""
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for i, out in _logits(model, x, 100):
+        pred, true = out.argmax(1).flatten(), y[i:i + out.shape[0]].flatten()
+        conf += torch.bincount(true * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+    inter = conf.diag().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - inter
+    valid = union > 0
+    return float((inter[valid] / union[valid]).mean())
+
+
+def _eval_data(name: str, limit: int | None):
+    if name in ("fmnist-resnet", "fmnist-vit"):
+        x, y = load_fashion_mnist("test")
+    elif name == "mosaic-segvit":
+        x, y = load_mosaic("test", n=EVAL_SAMPLES[name])
+    else:
+        x, y = load_motion("test", n=EVAL_SAMPLES[name])
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def evaluate_model(name: str, model: nn.Module, limit: int | None = None) -> dict:
+    """The task metric of ``model`` on zoo task ``name`` (first ``limit`` eval samples, or all)."""
+    x, y = _eval_data(name, limit)
+    if TASKS[name] == "segmentation":
+        return {"miou": round(miou(model, x, y), 4)}
+    return {"top1": round(top1(model, x, y), 4)}
+
+
+def load(name: str) -> Workload:
+    """Load zoo model ``name`` (see ``NAMES``) from its shipped checkpoint, in eval mode."""
+    if name == "minilm":
+        from prunekit.zoo.minilm import load_minilm
+        return load_minilm()
+    if name not in models.BUILDERS:
+        raise KeyError(f"unknown zoo model {name!r}; choose one of {list(NAMES)}")
+    model = models.build(name)
+    model.load_state_dict(load_state(name))
+    model.eval()
+    x, _ = _eval_data(name, 8)
+    key = "miou" if TASKS[name] == "segmentation" else "top1"
+    return Workload(name, model, (normalize(x),), lambda m, limit=None: evaluate_model(name, m, limit),
+                    TASKS[name], key, read_manifest().get(name, {}))
