@@ -13,8 +13,9 @@ from __future__ import annotations
 import statistics
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -48,7 +48,6 @@ def load_mosaic(split: str = "test", n: int = 2000, seed: int = 0, n_items: int 
     """``n`` deterministic mosaics from the items of the Fashion-MNIST ``split``."""
     def build():
         items, labels = load_fashion_mnist(split, data_dir)
-        xs, ys = zip(*(make_mosaic(items, labels, sample_generator(seed, split, i), n_items)
-                       for i in range(n)))
-        return torch.stack(xs), torch.stack(ys)
+        pairs = [make_mosaic(items, labels, sample_generator(seed, split, i), n_items) for i in range(n)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
     return cached(f"mosaic-{split}-{n}-{seed}-{n_items}", build)

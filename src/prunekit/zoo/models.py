@@ -9,7 +9,7 @@ schedules transfer to real models.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from timm.layers import PatchEmbed

@@ -1,6 +1,7 @@
 """Checkpoint files and the manifest that records how each was made."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -31,9 +32,11 @@ def save_checkpoint(name: str, model: nn.Module, entry: dict, out_dir: Path | No
     save_file(state, str(path), metadata={"name": name})
     entry = {**entry, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
     manifest_path = out / "manifest.json" if out_dir else MANIFEST
-    manifest = read_manifest(manifest_path)
-    manifest[name] = entry
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    with open(manifest_path.with_suffix(".lock"), "w") as lock:  # trainings may finish concurrently
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(manifest_path)
+        manifest[name] = entry
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return entry
 
 

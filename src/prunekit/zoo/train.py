@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
@@ -23,7 +23,9 @@ from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normaliz
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 
-__all__ = ["train_model", "fit", "RECIPES"]
+__all__ = ["train_model", "fit", "RECIPES", "SUBSET"]
+
+SUBSET = 500  # the fixed eval subset whose metric the tests check
 
 Batches = Callable[[torch.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -128,8 +130,9 @@ def recipe_resnet(seed: int, quick: bool) -> tuple[nn.Module, str]:
     x, y = _fmnist(2048 if quick else None)
     model = models.build_resnet()
     spe = x.shape[0] // 128
-    fit(model, _loader(x, y, 128, True), 0.2 if quick else 3, 3e-3, spe, seed, 5e-4, desc="fmnist-resnet")
-    return model, f"{0.2 if quick else 3} epochs at batch 128, AdamW lr 3e-3, shift+flip augmentation"
+    epochs = 0.2 if quick else 3
+    fit(model, _loader(x, y, 128, True), epochs, 3e-3, spe, seed, 5e-4, desc="fmnist-resnet")
+    return model, f"{epochs} epochs at batch 128, AdamW lr 3e-3, shift+flip augmentation"
 
 
 def _two_stage(name: str, coarse: nn.Module, fine: nn.Module, x, y, seg: bool, e1: float, n2: int, lr: float,
@@ -150,7 +153,7 @@ def recipe_vit(seed: int, quick: bool) -> tuple[nn.Module, str]:
 
 
 def recipe_segvit(seed: int, quick: bool) -> tuple[nn.Module, str]:
-    x, y = load_mosaic("train", n=512 if quick else 20000, seed=seed)
+    x, y = load_mosaic("train", n=512 if quick else 16000, seed=seed)
     return _two_stage("mosaic-segvit", models.build_segvit(8), models.build_segvit(4), x, y, True,
                       0.1 if quick else 8, 256 if quick else 8000, 1e-3, seed)
 
@@ -179,7 +182,8 @@ def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, thr
     model, route = RECIPES[name](seed, quick)
     minutes = (time.time() - t0) / 60
     metric = evaluate_model(name, model, limit=256 if quick else None)
-    entry = {"metric": metric, "seed": seed, "route": route, "train_minutes": round(minutes, 1),
+    entry = {"metric": metric, "metric_subset": evaluate_model(name, model, limit=SUBSET),
+             "subset_limit": SUBSET, "seed": seed, "route": route, "train_minutes": round(minutes, 1),
              "threads": torch.get_num_threads(), "command": command or f"prunekit zoo train {name}",
              "params": sum(p.numel() for p in model.parameters())}
     return save_checkpoint(name, model, entry, out_dir=out_dir)

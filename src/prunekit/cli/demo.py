@@ -1,0 +1,22 @@
+"""``prunekit demo``: the main job (see prunekit.demo)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run every method on the reference models and write a report")
+    p.add_argument("--models", nargs="*", default=None, help="subset of zoo models")
+    p.add_argument("--limit", type=int, default=None, help="eval samples per model (default: per-model)")
+    p.add_argument("--out", default="runs", help="report root directory")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from prunekit.demo import run_demo
+    from prunekit.report import markdown_table
+    from prunekit.zoo import NAMES
+    rows, report = run_demo(tuple(args.models or NAMES), limit=args.limit, out_root=Path(args.out))
+    print(markdown_table(rows))
+    print(f"\nreport: {report}\nplot:   {report.parent / 'tradeoff.png'}")
+    return 0

@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunekit.cli import main
+from prunekit.zoo import read_manifest
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "prunekit"  # installed by pip install -e .
+    assert exe.is_file()
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "profile" in out and "demo" in out and "zoo" in out
+
+
+def test_profile_json_has_the_shared_shape(capsys):
+    name = "fmnist-vit" if "fmnist-vit" in read_manifest() else "fmnist-resnet"
+    if name not in read_manifest():
+        pytest.skip("no zoo checkpoint shipped yet")
+    assert main(["profile", name, "--json", "--limit", "100", "--repeats", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("params", "macs", "latency_ms", "batch_size", "threads", "metric"):
+        assert key in doc
+    assert doc["macs"] > 0 and doc["batch_size"] == 8 and 0 <= doc["metric"]["top1"] <= 1
+
+
+def test_zoo_list_and_quick_train(tmp_path, capsys):
+    assert main(["zoo", "list"]) == 0
+    assert "minilm" in capsys.readouterr().out
+    assert main(["zoo", "train", "fmnist-resnet", "--quick", "--out-dir", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert (tmp_path / "fmnist-resnet.safetensors").is_file()
+    assert manifest["fmnist-resnet"]["command"] == "prunekit zoo train fmnist-resnet"
+
+
+def test_demo_writes_report(tmp_path):
+    from prunekit.demo import run_demo
+    if "fmnist-resnet" not in read_manifest():
+        pytest.skip("no fmnist-resnet checkpoint shipped yet")
+    rows, report = run_demo(models=("fmnist-resnet",), methods=(), limit=64, out_root=tmp_path)
+    assert report.is_file() and (report.parent / "tradeoff.png").stat().st_size > 1000
+    assert rows[0]["method"] == "dense" and rows[0]["macs"] > 0
+    assert "| fmnist-resnet | dense |" in report.read_text()

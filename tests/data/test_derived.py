@@ -1,0 +1,37 @@
+import torch
+
+from prunekit.data import load_corpus, load_mosaic, load_motion
+from prunekit.data.mosaic import NUM_SEG_CLASSES
+
+
+def test_mosaic_shapes_labels_and_determinism():
+    x, y = load_mosaic("test", n=16, seed=3)
+    assert x.shape == (16, 1, 56, 56) and x.dtype == torch.uint8
+    assert y.shape == (16, 56, 56) and int(y.max()) < NUM_SEG_CLASSES
+    x2, y2 = load_mosaic("test", n=8, seed=3)  # sample i does not depend on n
+    assert torch.equal(x[:8], x2) and torch.equal(y[:8], y2)
+    x3, _ = load_mosaic("test", n=8, seed=4)
+    assert not torch.equal(x2, x3)
+    fg = (y > 0).float().mean()
+    assert 0.15 < float(fg) < 0.7  # items cover a real part of the canvas, background the rest
+    # silhouettes are irregular: label regions are not axis-aligned boxes
+    assert (y[0] > 0).sum() < 3 * 28 * 28
+
+
+def test_motion_static_background_moving_item():
+    x, y = load_motion("test", n=6, seed=1)
+    assert x.shape == (6, 1, 8, 56, 56) and y.shape == (6,)
+    clip = x[0, 0].float()
+    static = (clip == clip[0]).all(0).float().mean()
+    assert static > 0.3  # much of the background never changes across frames
+    assert not torch.equal(clip[0], clip[-1])  # but the item moves
+    x2, y2 = load_motion("test", n=3, seed=1)
+    assert torch.equal(x[:3], x2) and torch.equal(y[:3], y2)
+
+
+def test_corpus_is_real_sentences():
+    s = load_corpus()
+    assert len(s) >= 3000
+    assert len(set(s)) == len(s)
+    assert all(line[0].isupper() and line.endswith(".") and len(line.split()) >= 6 for line in s)
+    assert load_corpus(limit=10) == s[:10]

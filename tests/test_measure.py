@@ -1,0 +1,54 @@
+import torch
+from torch import nn
+
+from prunekit import measure
+
+
+def test_conv_and_linear_macs_match_formula():
+    conv = nn.Conv2d(3, 16, kernel_size=3, padding=1)
+    x = torch.randn(2, 3, 32, 32)
+    assert measure.count_macs(conv, (x,)) == 2 * 16 * 32 * 32 * 3 * 3 * 3
+    lin = nn.Linear(100, 7)
+    assert measure.count_macs(lin, (torch.randn(5, 100),)) == 5 * 100 * 7
+    grouped = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # depthwise: one input channel per output
+    assert measure.count_macs(grouped, (torch.randn(1, 8, 10, 10),)) == 8 * 10 * 10 * 9
+
+
+def test_params_and_nonzero():
+    lin = nn.Linear(10, 10)
+    assert measure.count_params(lin) == 110
+    with torch.no_grad():
+        lin.weight[:5] = 0
+    assert measure.count_nonzero_params(lin) == 110 - 50
+
+
+def test_latency_and_profile_shape():
+    m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+    x = torch.randn(8, 32)
+    lat = measure.measure_latency(m, (x,), warmup=1, repeats=5, num_threads=1)
+    assert lat["batch_size"] == 8 and lat["threads"] == 1 and lat["repeats"] == 5
+    assert 0 < lat["latency_p10_ms"] <= lat["latency_ms"] <= lat["latency_p90_ms"]
+    p = measure.profile(m, (x,), evaluate=lambda model: {"top1": 0.5}, repeats=3)
+    for key in ("params", "macs", "latency_ms", "batch_size", "threads", "metric", "peak_memory_mb"):
+        assert key in p
+    assert p["macs"] == 8 * (32 * 64 + 64 * 4) and p["metric"] == {"top1": 0.5}
+
+
+def test_peak_memory_counts_weights_and_activations():
+    m = nn.Linear(1000, 1000, bias=False)
+    x = torch.randn(256, 1000)
+    mem = measure.peak_memory(m, (x,))
+    assert abs(mem["weights_mb"] - 1000 * 1000 * 4 / 2**20) < 1e-3
+    assert mem["activations_peak_mb"] >= 256 * 1000 * 4 / 2**20 - 1e-3  # the output alone
+
+
+def test_dict_inputs_and_fidelity():
+    class KW(nn.Module):
+        def forward(self, a, b):
+            return a + b
+    assert measure.batch_size_of({"a": torch.ones(3, 2), "b": torch.ones(3, 2)}) == 3
+    assert measure.run_model(KW(), {"a": torch.ones(1), "b": torch.ones(1)}).item() == 2
+    e = torch.randn(20, 8)
+    f = measure.embedding_fidelity(e + 0.01 * torch.randn(20, 8), e)
+    assert f["fidelity"] > 0.99
+    assert measure.embedding_fidelity(-e, e)["fidelity"] < -0.99

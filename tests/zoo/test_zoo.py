@@ -1,0 +1,72 @@
+"""Every shipped checkpoint loads, matches its manifest, and reaches its metric."""
+import pytest
+import torch
+
+from prunekit.zoo import load, read_manifest
+from prunekit.zoo.store import CHECKPOINT_DIR, sha256
+
+TARGETS = {"fmnist-resnet": ("top1", 0.92), "fmnist-vit": ("top1", 0.87),
+           "mosaic-segvit": ("miou", 0.65), "motion-vivit": ("top1", 0.85)}
+OUT_SHAPE = {"fmnist-resnet": (8, 10), "fmnist-vit": (8, 10), "mosaic-segvit": (8, 11, 56, 56),
+             "motion-vivit": (8, 10)}
+
+
+def _entry(name):
+    entry = read_manifest().get(name)
+    if entry is None:
+        pytest.skip(f"no shipped checkpoint for {name} yet (train it: prunekit zoo train {name})")
+    return entry
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_manifest_records_how_it_was_made(name):
+    entry = _entry(name)
+    key, target = TARGETS[name]
+    assert entry["metric"][key] >= target, f"{name}: recorded {entry['metric']} below {target}"
+    assert entry["sha256"] == sha256(CHECKPOINT_DIR / entry["file"])
+    assert entry["bytes"] <= 8 * 2**20
+    for field in ("seed", "command", "route", "train_minutes"):
+        assert field in entry
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_checkpoint_reaches_metric_on_fixed_subset(name):
+    entry = _entry(name)
+    key, target = TARGETS[name]
+    wl = load(name)
+    assert not wl.model.training
+    with torch.no_grad():
+        out = wl.model(*wl.example_inputs)
+    assert tuple(out.shape) == OUT_SHAPE[name] and torch.isfinite(out).all()
+    got = wl.evaluate(wl.model, limit=500)[key]
+    if "metric_subset" in entry:  # evaluation is deterministic: the same number as at training time
+        assert got == pytest.approx(entry["metric_subset"][key], abs=1e-3)
+    assert got >= target - 0.03  # a 500-sample subset is noisier than the full split
+
+
+def test_vits_see_196_patch_tokens():
+    from prunekit.zoo import build
+    for name in ("fmnist-vit", "mosaic-segvit", "motion-vivit"):
+        m = build(name)
+        enc = getattr(m, "encoder", m)
+        assert enc.patch_embed.num_patches == 196
+        assert len(enc.blocks) >= 8
+    assert len(build("fmnist-vit").blocks) == 12
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(KeyError, match="unknown zoo model"):
+        load("resnet-9000")
+
+
+def test_minilm_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    from prunekit.zoo.minilm import embed, eval_sentences, model_path
+    wl = load("minilm")
+    sentences = eval_sentences(8)
+    ours = embed(wl.model, sentences)
+    ref = SentenceTransformer(model_path(), device="cpu").encode(sentences, convert_to_tensor=True,
+                                                                 normalize_embeddings=True)
+    assert torch.allclose(ours, ref, atol=1e-4)
+    assert wl.evaluate(wl.model, limit=32) == {"fidelity": 1.0, "retrieval_top1": 1.0}
