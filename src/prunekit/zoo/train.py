@@ -149,7 +149,7 @@ def _two_stage(name: str, coarse: nn.Module, fine: nn.Module, x, y, seg: bool, e
 def recipe_vit(seed: int, quick: bool) -> tuple[nn.Module, str]:
     x, y = _fmnist(1024 if quick else None)
     return _two_stage("fmnist-vit", models.build_vit(4), models.build_vit(2), x, y, False,
-                      0.1 if quick else 5, 256 if quick else 12800, 1e-3, seed)
+                      0.1 if quick else 4, 256 if quick else 9600, 1e-3, seed)
 
 
 def recipe_segvit(seed: int, quick: bool) -> tuple[nn.Module, str]:
