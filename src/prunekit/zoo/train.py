@@ -126,13 +126,25 @@ def _fmnist(n: int | None = None):
     return (x[:n], y[:n]) if n else (x, y)
 
 
-def recipe_resnet(seed: int, quick: bool) -> tuple[nn.Module, str]:
+def recipe_resnet(seed: int, quick: bool, start_from: dict | None = None) -> tuple[nn.Module, str]:
+    """3 epochs at lr 3e-3, 1 at lr 1e-3 (shift+flip augmentation), then 1 at lr 3e-4 without augmentation.
+
+    Each stage gets a fresh AdamW + cosine schedule. ``start_from``: the state after stages 1-2 (skips
+    them; stage 3 then gives the same model as a full run).
+    """
     x, y = _fmnist(2048 if quick else None)
     model = models.build_resnet()
     spe = x.shape[0] // 128
-    epochs = 0.2 if quick else 3
-    fit(model, _loader(x, y, 128, True), epochs, 3e-3, spe, seed, 5e-4, desc="fmnist-resnet")
-    return model, f"{epochs} epochs at batch 128, AdamW lr 3e-3, shift+flip augmentation"
+    e1, e2, e3 = (0.2, 0.1, 0.1) if quick else (3, 1, 1)
+    if start_from is None:
+        fit(model, _loader(x, y, 128, True), e1, 3e-3, spe, seed, 5e-4, desc="fmnist-resnet stage 1")
+        fit(model, _loader(x, y, 128, True), e2, 1e-3, spe, seed + 1, 5e-4, desc="fmnist-resnet stage 2")
+    else:
+        model.load_state_dict(start_from)
+    fit(model, _loader(x, y, 128, False), e3, 3e-4, spe, seed + 2, 5e-4, desc="fmnist-resnet stage 3")
+    return model, (f"{e1} epochs at lr 3e-3 then {e2} at lr 1e-3 (shift+flip augmentation), then {e3} at "
+                   "lr 3e-4 without augmentation; batch 128, AdamW + cosine per stage"
+                   + (" (stage 3 resumed from the stage-2 checkpoint)" if start_from else ""))
 
 
 def _two_stage(name: str, coarse: nn.Module, fine: nn.Module, x, y, seg: bool, e1: float, n2: int, lr: float,
@@ -152,10 +164,36 @@ def recipe_vit(seed: int, quick: bool) -> tuple[nn.Module, str]:
                       0.1 if quick else 4, 256 if quick else 9600, 1e-3, seed)
 
 
+def init_encoder_from_vit(encoder: nn.Module, vit_state: dict) -> nn.Module:
+    """Initialise a segmentation encoder from the image classifier ``fmnist-vit`` (ImageNet-style transfer).
+
+    Blocks, class token, position embedding (same 14x14 grid) and final norm are copied; the patch
+    embedding is PI-resized to the encoder's coarser patch (2 -> 4 px on the 2x larger canvas).
+    """
+    own = encoder.state_dict()
+    for k, v in vit_state.items():
+        if k == "patch_embed.proj.weight":
+            own[k] = resample_patch_embed(v, list(encoder.patch_embed.patch_size))
+        elif k in own and own[k].shape == v.shape and not k.startswith("head"):
+            own[k] = v
+    encoder.load_state_dict(own)
+    return encoder
+
+
 def recipe_segvit(seed: int, quick: bool) -> tuple[nn.Module, str]:
+    from prunekit.zoo.store import load_state
     x, y = load_mosaic("train", n=512 if quick else 16000, seed=seed)
-    return _two_stage("mosaic-segvit", models.build_segvit(8), models.build_segvit(4), x, y, True,
-                      0.1 if quick else 8, 256 if quick else 8000, 1e-3, seed)
+    model = models.build_segvit(4)
+    try:
+        init_encoder_from_vit(model.encoder, load_state("fmnist-vit"))
+        init = "encoder initialised from fmnist-vit (first 8 blocks; patch embed PI-resized 2->4)"
+    except FileNotFoundError:
+        if not quick:
+            raise
+        init = "random init (quick run without fmnist-vit)"
+    epochs = 0.1 if quick else 2
+    fit(model, _loader(x, y, 64, True, seg=True), epochs, 5e-4, x.shape[0] // 64, seed, desc="mosaic-segvit")
+    return model, f"{init}; {epochs} epochs on {x.shape[0]} mosaics at 196 tokens, batch 64, AdamW lr 5e-4"
 
 
 def recipe_vivit(seed: int, quick: bool) -> tuple[nn.Module, str]:
@@ -171,7 +209,7 @@ RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,
 
 
 def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, threads: int | None = None,
-                command: str = "") -> dict:
+                command: str = "", **recipe_kwargs) -> dict:
     """Train zoo model ``name``, evaluate it on the full eval split, write checkpoint + manifest entry."""
     from prunekit.zoo.registry import evaluate_model
     if name not in RECIPES:
@@ -179,7 +217,7 @@ def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, thr
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
-    model, route = RECIPES[name](seed, quick)
+    model, route = RECIPES[name](seed, quick, **recipe_kwargs)
     minutes = (time.time() - t0) / 60
     metric = evaluate_model(name, model, limit=256 if quick else None)
     entry = {"metric": metric, "metric_subset": evaluate_model(name, model, limit=SUBSET),
