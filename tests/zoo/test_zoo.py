@@ -10,6 +10,8 @@ TARGETS = {"fmnist-resnet": ("top1", 0.92), "fmnist-vit": ("top1", 0.87),
 # Shipped checkpoints known to fall short of the target: strict xfail, so the mark must go once they pass.
 SHORTFALLS = {
     "fmnist-vit": "4 CPU epochs at 49 tokens + 9,600 images at 196 tokens reach top1 0.80 < 0.87; needs a longer run",
+    "mosaic-segvit": "2 epochs from fmnist-vit reach mIoU 0.19 < 0.65 (a from-scratch 2-stage run gave 0.27); "
+                     "the recipe or the task needs work",
     "motion-vivit": "3 epochs from scratch reach top1 0.60 < 0.85; needs image-ViT initialisation or a longer run",
 }
 OUT_SHAPE = {"fmnist-resnet": (8, 10), "fmnist-vit": (8, 10), "mosaic-segvit": (8, 11, 56, 56),
