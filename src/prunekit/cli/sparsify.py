@@ -1,0 +1,92 @@
+"""``prunekit sparsify NAME --sparsity S --out PATH``: one-shot unstructured / N:M / block sparsity.
+
+Profiles the dense model, sparsifies it, bakes the masks in (``finalize``), profiles again and saves
+the result compressed with ``prunekit.save``. Prints the ``profile`` shape of the sparse model with
+``dense``, ``ratios``, ``sparsity`` and the file sizes.
+
+>>> main(["sparsify", "fmnist-vit", "--sparsity", "0.5", "--out", "/tmp/vit50.safetensors"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prunekit.cli.common import compare, print_result, resolve_model
+from prunekit.measure import profile
+from prunekit.zoo import NAMES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sparsify", help="zero individual weights (magnitude / wanda / random; unstructured, N:M, "
+                                        "block) and save the model compressed")
+    p.add_argument("model", help="zoo name, timm:<name> or saved model path")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of weights to remove, in [0, 1) (N:M patterns fix it at 1 - N/M)")
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "random"])
+    p.add_argument("--pattern", default="unstructured", help="unstructured, N:M (e.g. 2:4) or block:HxW")
+    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--ignore", nargs="*", default=[], help="module names or fnmatch patterns to leave dense")
+    p.add_argument("--calib", type=int, default=256, help="calibration samples for --method wanda")
+    p.add_argument("--kernels", default=None, choices=["auto", "csr", "bsr", "semi"],
+                   help="swap Linear layers for sparse kernels (auto: only where a timing shows a speed-up)")
+    p.add_argument("--out", required=True, help="output file (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
+    p.add_argument("--repeats", type=int, default=10)
+    p.set_defaults(func=run)
+
+
+def calibration(wl, n: int) -> Any:
+    """Calibration batches for ``wl``: training images, corpus sentences disjoint from eval, or the example."""
+    if wl.name in ("fmnist-resnet", "fmnist-vit"):
+        from prunekit.data import load_fashion_mnist, normalize
+        x, _ = load_fashion_mnist("train")
+        x = normalize(x[:n])
+        return [(x[i:i + 64],) for i in range(0, len(x), 64)]
+    if wl.name == "minilm":
+        from prunekit.zoo.minilm import calibration_batches
+        return calibration_batches(n)
+    return [wl.example_inputs]
+
+
+def run(args) -> int:
+    import prunekit
+    from prunekit.errors import PruningError
+    from prunekit.sparse.oneshot import _check_args
+    try:  # fail on bad arguments before the (slow) dense profile
+        _check_args(args.sparsity, args.method, args.scope, args.pattern, calib=True)
+    except PruningError as e:
+        raise SystemExit(f"prunekit sparsify: {e}") from None
+    wl = resolve_model(args.model)
+    evaluate = lambda m: wl.evaluate(m, limit=args.limit)
+    dense = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        prunekit.save(wl.model, Path(tmp) / "dense.safetensors")
+        dense_bytes = (Path(tmp) / "dense.safetensors").stat().st_size
+    calib = calibration(wl, args.calib) if args.method == "wanda" else None
+    try:
+        res = prunekit.sparsify(wl.model, args.sparsity, method=args.method, pattern=args.pattern,
+                                scope=args.scope, calib=calib, ignore=args.ignore)
+    except PruningError as e:
+        raise SystemExit(f"prunekit sparsify: {e}") from None
+    plan = prunekit.finalize(wl.model, kernels=args.kernels, example_inputs=wl.example_inputs)
+    sparse = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    meta = {"sparsify": {"sparsity": res.target, "method": res.method, "pattern": res.pattern, "scope": res.scope}}
+    zoo_name = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or wl.name
+    if zoo_name in NAMES:
+        meta["zoo"] = zoo_name
+    prunekit.save(wl.model, args.out, meta=meta)
+    out = compare(dense, sparse)
+    out["model"] = wl.name
+    out["ratios"]["nonzero_params"] = round(sparse["nonzero_params"] / dense["nonzero_params"], 4)
+    out["sparsity"] = {"target": res.target, "achieved": res.total, "method": res.method, "pattern": res.pattern,
+                       "scope": res.scope, "layers": len(res.layers)}
+    out["file_bytes"] = Path(args.out).stat().st_size
+    out["dense_file_bytes"] = dense_bytes
+    out["ratios"]["file"] = round(out["file_bytes"] / dense_bytes, 4)
+    if plan:
+        out["kernels"] = {k: sum(p["kernel"] == k for p in plan.values()) for k in ("dense", "csr", "bsr", "semi")}
+    out["out"] = str(args.out)
+    print_result(out, args.json)
+    return 0

@@ -1,0 +1,53 @@
+import json
+
+import torch
+from torch import nn
+
+import prunekit
+from prunekit.cli import main
+from prunekit.cli import sparsify as cli_sparsify
+from prunekit.zoo import Workload
+
+
+def _workload():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4)).eval()
+    x = torch.randn(8, 64)
+    ref = model(x).argmax(-1)
+    evaluate = lambda m, limit=None: {"agree": float((m(x).argmax(-1) == ref).float().mean())}
+    return Workload("tiny", model, (x,), evaluate, "classification", "agree")
+
+
+def test_cli_sparsify_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
+    out = tmp_path / "tiny.safetensors"
+    code = main(["sparsify", "tiny", "--sparsity", "0.9", "--out", str(out), "--json", "--repeats", "2"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("params", "macs", "latency_ms", "batch_size", "threads", "metric", "dense", "ratios"):
+        assert key in res
+    assert res["sparsity"]["achieved"] == 0.9 and res["sparsity"]["method"] == "magnitude"
+    assert res["nonzero_params"] < 0.2 * res["dense"]["nonzero_params"]
+    assert res["file_bytes"] == out.stat().st_size and res["ratios"]["file"] <= 0.2
+    back = prunekit.load(out)
+    assert back.prunekit_meta["sparsify"]["sparsity"] == 0.9
+    assert prunekit.sparsity_report(back).layers["2"]["sparsity"] > 0.85
+
+
+def test_cli_sparsify_nm_wanda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
+    out = tmp_path / "nm.safetensors"
+    main(["sparsify", "tiny", "--method", "wanda", "--pattern", "2:4", "--out", str(out), "--repeats", "1"])
+    text = capsys.readouterr().out
+    assert "sparsity" in text and "2:4" in text
+    w = prunekit.load(out)[2].weight
+    assert int(w.reshape(-1, 4).ne(0).sum(1).max()) <= 2
+
+
+def test_cli_bad_sparsity_exits_cleanly(tmp_path, monkeypatch):
+    import pytest
+    monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
+    with pytest.raises(SystemExit, match="sparsity must be a number in"):
+        main(["sparsify", "tiny", "--sparsity", "1.5", "--out", str(tmp_path / "x.safetensors")])
+    with pytest.raises(SystemExit, match="input dimension 64 .*not divisible by M=3"):
+        main(["sparsify", "tiny", "--pattern", "1:3", "--out", str(tmp_path / "x.safetensors"), "--repeats", "1"])
