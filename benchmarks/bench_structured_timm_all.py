@@ -1,0 +1,103 @@
+"""Pass rate of ``prunekit.prune`` over timm's ``list_models()``.
+
+Pass = ``prune(ratio=0.3)`` returns, the forward still runs, every output keeps its shape and is
+finite, and MACs drop to <= 0.8x. Each model is built with random weights at the default input
+size of its ``pretrained_cfg``, batch 1, with a per-model time limit. ``--sample N`` takes every
+k-th name of the sorted list (a deterministic sample) when the whole list does not fit in the time available.
+
+    python benchmarks/bench_structured_timm_all.py --sample 200 --timeout 60
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, write_result  # noqa: E402
+
+
+def _one(name: str, queue) -> None:
+    import timm
+    import torch
+
+    import prunekit
+    from prunekit.structured.graph import _tensors
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    try:
+        model = timm.create_model(name, pretrained=False).eval()
+        cfg_size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        x = torch.randn(1, *cfg_size)
+        with torch.no_grad():
+            ref = [t.shape for t in _tensors(model(x))]
+    except Exception as e:  # noqa: BLE001
+        queue.put({"name": name, "status": "build_error", "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        return
+    try:
+        res = prunekit.prune(model, (x,), ratio=0.3)
+        with torch.no_grad():
+            out = _tensors(model(x))
+        same = [t.shape for t in out] == ref and all(torch.isfinite(t).all() for t in out)
+        ok = same and res.macs_after <= 0.8 * res.macs_before
+        status = "pass" if ok else ("weak" if same else "broken")
+        queue.put({"name": name, "status": status, "macs_ratio": round(res.macs_ratio, 3),
+                   "params_ratio": round(res.params_ratio, 3), "seconds": round(time.perf_counter() - t0, 2)})
+    except Exception as e:  # noqa: BLE001
+        queue.put({"name": name, "status": "error", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sample", type=int, default=0, help="every k-th model so that about N are tried (0: all)")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--names", default="", help="comma list instead of list_models()")
+    args = ap.parse_args()
+    import timm
+    names = args.names.split(",") if args.names else sorted(timm.list_models())
+    total = len(names)
+    if args.sample and args.sample < total:
+        step = total / args.sample
+        names = [names[int(i * step)] for i in range(args.sample)]
+    ctx = mp.get_context("fork")
+    results = []
+    partial = RESULTS / "structured_timm_all.partial.jsonl"
+    RESULTS.mkdir(exist_ok=True)
+    with partial.open("w") as fh:
+        for name in names:
+            q = ctx.Queue()
+            p = ctx.Process(target=_one, args=(name, q))
+            p.start()
+            p.join(args.timeout)
+            if p.is_alive():
+                p.kill()
+                p.join()
+                r = {"name": name, "status": "timeout"}
+            else:
+                r = q.get() if not q.empty() else {"name": name, "status": "crash", "exitcode": p.exitcode}
+            print(json.dumps(r), flush=True)
+            fh.write(json.dumps(r) + "\n")
+            results.append(r)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    tried = len(results) - counts.get("build_error", 0) - counts.get("timeout", 0)
+    rate = counts.get("pass", 0) / max(1, tried)
+    rows = [[k, v] for k, v in sorted(counts.items())] + [["pass rate (of models that built and finished)",
+                                                            round(rate, 3)]]
+    write_result("structured_timm_all", "prune(ratio=0.3) over timm list_models()", ["outcome", "models"], rows,
+                 f"{len(results)} of {total} timm models ({'every k-th, deterministic' if args.sample else 'all'}), "
+                 f"random weights, default input size, batch 1, {args.timeout:.0f}s limit per model. pass: forward "
+                 "intact, shapes unchanged, finite, MACs <= 0.8x; weak: intact but MACs > 0.8x; broken: output "
+                 "changed shape; error: PruningError or other exception (model left unchanged).",
+                 setup={"sample": args.sample, "timeout_s": args.timeout, "threads": 1},
+                 raw={"results": results})
+    partial.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""``prunekit prune NAME --ratio R | --target-macs F [--importance ...] [--finetune-epochs E] --out PATH``.
+
+Prunes a zoo model, ``timm:<name>`` or a saved model, prints dense vs pruned params, MACs, latency
+and task metric in the ``prunekit profile --json`` shape (with ``dense`` and ``ratios``), and saves
+the pruned model with ``prunekit.save``.
+"""
+from __future__ import annotations
+
+from prunekit.cli.common import compare, print_result, resolve_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="structured pruning of channels, neurons and heads")
+    p.add_argument("model", help="zoo name, timm:<name> or a saved model path")
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--ratio", type=float, help="fraction of channels/heads to remove")
+    amount.add_argument("--target-macs", type=float, help="fraction of MACs to keep (searched to within 2%%)")
+    p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale", "taylor", "random"])
+    p.add_argument("--scope", default="global", choices=["global", "local"])
+    p.add_argument("--units", default="channels,heads", help="comma list of channels,heads")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts a multiple of this")
+    p.add_argument("--finetune-epochs", type=float, default=0.0, help="built-in fine-tune (zoo classifiers)")
+    p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", required=True, help="where to save the pruned model (.safetensors)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def _calib(wl):
+    """Calibration batches for taylor importance: training images with labels for zoo classifiers."""
+    if wl.name in ("fmnist-resnet", "fmnist-vit"):
+        from prunekit.data import load_fashion_mnist, normalize
+        x, y = load_fashion_mnist("train")
+        return [(normalize(x[i:i + 64]), y[i:i + 64]) for i in range(0, 256, 64)]
+    return [wl.example_inputs]
+
+
+def run(args) -> int:
+    import prunekit
+    from prunekit.measure import profile
+    wl = resolve_model(args.model)
+    evaluate = (lambda m: wl.evaluate(m, limit=args.limit))
+    before = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
+                         importance=args.importance, scope=args.scope,
+                         units=tuple(u for u in args.units.split(",") if u), round_to=args.round_to,
+                         calib=_calib(wl) if args.importance == "taylor" else None)
+    info = {"seconds": round(res.seconds, 3), "groups": len(res.decisions),
+            "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": args.importance,
+            "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope}
+    if args.finetune_epochs:
+        from prunekit.structured.finetune import finetune
+        base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
+        info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples)
+    after = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    result = compare(before, after)
+    result["model"] = wl.name
+    result["prune"] = info
+    zoo = (wl.info or {}).get("zoo") if isinstance(wl.info, dict) else None
+    meta = {"zoo": zoo or (wl.name if not wl.name.startswith("timm:") else None), "prune": info}
+    if wl.name.startswith("timm:"):
+        meta["timm"] = wl.name[5:]
+    prunekit.save(wl.model, args.out, meta=meta)
+    result["out"] = args.out
+    print_result(result, args.json)
+    return 0

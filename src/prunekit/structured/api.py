@@ -1,0 +1,398 @@
+"""``prunekit.prune`` and ``prunekit.groups``: dependency-aware structured pruning of any nn.Module.
+
+The model is traced once (``graph.py``) into coupled groups of prunable dimensions; each group's
+units (channels/neurons, or attention heads) are scored (``importance.py``), the lowest are chosen
+per group (``scope="local"``) or over all groups of a unit type (``scope="global"``, at most
+``max_group_ratio`` of any group), and the surgery (``surgery.py``, ``heads.py``) builds new, smaller
+weights and fixes every attribute. The pruned model is checked with a forward pass; on any error it
+is restored exactly and :class:`prunekit.PruningError` names the module and operation.
+
+>>> import torch, prunekit
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+...                           torch.nn.Conv2d(16, 8, 3))
+>>> res = prunekit.prune(net, (torch.randn(1, 3, 16, 16),), ratio=0.5)
+>>> net[0].out_channels, net[1].num_features, net[3].in_channels
+(8, 8, 8)
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import PruningError
+from prunekit.measure import count_macs, count_params, run_model
+from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_module_stack, trace
+from prunekit.structured.heads import fix_attention, sync_hf_config
+from prunekit.structured.importance import Importance, get_importance
+from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes
+
+__all__ = ["prune", "groups", "PruneResult", "GroupList"]
+
+MAX_GROUP_RATIO = 0.9   # global scope: never remove more than this fraction of one group
+
+
+@dataclass
+class PruneResult:
+    """Parameters and MACs before/after, and the decision for every group."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    decisions: list[dict] = field(default_factory=list)
+    attention: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    ratio: float | None = None
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / max(1, self.macs_before)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / max(1, self.params_before)
+
+    def __str__(self) -> str:
+        pruned = [d for d in self.decisions if d["removed"]]
+        lines = [f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.3f}x), "
+                 f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.3f}x), "
+                 f"{len(pruned)}/{len(self.decisions)} groups pruned in {self.seconds:.2f}s"]
+        for d in pruned[:20]:
+            lines.append(f"  group {d['group']} ({d['unit']}): {d['size']} -> {d['kept']}  [{d['members'][0]}, ...]")
+        if len(pruned) > 20:
+            lines.append(f"  ... {len(pruned) - 20} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"params_before": self.params_before, "params_after": self.params_after,
+                "macs_before": self.macs_before, "macs_after": self.macs_after, "seconds": round(self.seconds, 3),
+                "decisions": [{k: v for k, v in d.items() if k != "removed_index"} for d in self.decisions]}
+
+
+class GroupList(list):
+    """The coupled groups of a model; ``print()`` it to see what moves together."""
+
+    def __str__(self) -> str:
+        if not self:
+            return "no prunable groups"
+        return "\n".join(repr(g) for g in self)
+
+
+def groups(model: nn.Module, example_inputs: Any, ignore: Iterable = ()) -> GroupList:
+    """The coupled groups of prunable dimensions of ``model`` (it is not modified).
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> print(groups(net, (torch.randn(1, 4),)))
+    Group 0 (8 channels): 0.weight[0], 0.bias[0], 2.weight[1]
+    """
+    tr = trace(model, example_inputs)
+    _apply_ignore(model, tr, ignore)
+    return GroupList(tr.groups())
+
+
+def _apply_ignore(model: nn.Module, tr: TraceResult, ignore: Iterable) -> None:
+    names = []
+    entries = list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
+    mods = dict(model.named_modules())
+    for ent in entries:
+        for path, m in mods.items():
+            hit = (m is ent if isinstance(ent, nn.Module) else isinstance(m, ent) if isinstance(ent, type)
+                   else path == ent or path.startswith(ent + ".") if isinstance(ent, str) else False)
+            if hit:
+                prefix = f"{path}." if path else ""
+                names += [prefix + n for n, _ in m.named_parameters()]
+        if isinstance(ent, str):
+            names += [n for n in tr.param_labels if n == ent]
+    tr.fix_params(names)
+
+
+# Modules whose forward derives sizes in ways the surgery cannot update: their dims are kept.
+UNSUPPORTED = {
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": "head_dim = input width // num_heads",
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "head_dim = input width // num_heads",
+    "timm.models.vision_transformer_relpos.RelPosAttention": "output reshaped to the input width",
+    "timm.layers.attention_pool.AttentionPoolLatent": "output reshaped to the input width",
+}
+
+
+def _unsupported(model: nn.Module, tr: TraceResult) -> None:
+    names = []
+    for path, m in model.named_modules():
+        if f"{type(m).__module__}.{type(m).__qualname__}" in UNSUPPORTED:
+            names += [f"{path}.{n}" if path else n for n, _ in m.named_parameters()]
+    tr.fix_params(names)
+
+
+def _output_layers(model: nn.Module) -> list[str]:
+    """Parameters of the layers that produce the model's outputs (fixed anyway by the trace)."""
+    names = []
+    get_cls = getattr(model, "get_classifier", None)
+    if callable(get_cls):
+        try:
+            head = get_cls()
+        except Exception:  # noqa: BLE001
+            head = None
+        if isinstance(head, nn.Module):
+            for path, m in model.named_modules():
+                if m is head:
+                    names += [f"{path}.{n}" if path else n for n, p in m.named_parameters()
+                              if p.dim() >= 1]
+    return names
+
+
+def _head_out_dims(model: nn.Module, tr: TraceResult) -> None:
+    """Keep the output dimension of classifier heads (they may feed e.g. a distillation average)."""
+    g = tr.graph
+    for name in _output_layers(model):
+        labels = tr.param_labels.get(name)
+        if labels:
+            g.fix(labels[0])
+
+
+def _score(groups_: list[Group], imp: Importance, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    out = []
+    for grp in groups_:
+        s = imp(grp, params)
+        s = torch.as_tensor(s, dtype=torch.float64).flatten()
+        if s.numel() != grp.size:
+            raise ValueError(f"importance {type(imp).__name__} returned {s.numel()} scores for a group of "
+                             f"{grp.size} units")
+        out.append(torch.nan_to_num(s, nan=0.0))
+    return out
+
+
+def _round(kept: int, size: int, round_to: int | None) -> int:
+    if round_to and round_to > 1 and size > round_to:
+        kept = max(round_to, int(round(kept / round_to)) * round_to)
+    return max(1, min(size, kept))
+
+
+def _standardise(s: torch.Tensor) -> torch.Tensor:
+    """Scores made comparable across groups: z-scores within the group.
+
+    Raw magnitudes are not comparable between a 3x3 conv filter and a LayerNorm-coupled residual
+    stream, and mean-normalised scores are much tighter for groups whose units own many weights, so
+    such groups would never be pruned. Standardising lets a group lose more units exactly when its
+    score distribution has a longer low tail (e.g. many near-zero BN scales after training).
+    """
+    if s.numel() < 2:
+        return torch.zeros_like(s)
+    std = s.std()
+    z = (s - s.mean()) / std if float(std) > 1e-12 * max(1.0, float(s.abs().mean())) else torch.zeros_like(s)
+    dead = s.abs() <= 1e-6 * float(s.abs().max())  # units that do nothing go first, whatever their group
+    return torch.where(dead, z - 1e6, z)
+
+
+def _decide(groups_: list[Group], scores: list[torch.Tensor], ratio: float, scope: str,
+            round_to: int | None, max_group_ratio: float) -> list[int]:
+    """Number of units to keep per group."""
+    if scope == "local":
+        return [_round(g.size - min(int(math.floor(ratio * g.size)),
+                                    g.size - max(1, math.ceil(g.size * (1 - max_group_ratio)))), g.size,
+                       round_to if g.unit == "channels" else None) for g in groups_]
+    kept = [g.size for g in groups_]
+    for unit in ("channels", "heads"):
+        idx = [i for i, g in enumerate(groups_) if g.unit == unit]
+        if not idx:
+            continue
+        total = sum(groups_[i].size for i in idx)
+        budget = int(round(ratio * total))
+        pool = []
+        for i in idx:
+            norm = _standardise(scores[i])
+            for u in norm.argsort().tolist():
+                pool.append((float(norm[u]), i))
+        pool.sort(key=lambda t: t[0])
+        floor = {i: max(1, math.ceil(groups_[i].size * (1 - max_group_ratio))) for i in idx}
+        for _, i in pool:
+            if budget <= 0:
+                break
+            if kept[i] > floor[i]:
+                kept[i] -= 1
+                budget -= 1
+        for i in idx:
+            kept[i] = _round(kept[i], groups_[i].size, round_to if unit == "channels" else None)
+    return kept
+
+
+def _keep_sets(groups_: list[Group], scores: list[torch.Tensor], kept: list[int]) -> dict[int, torch.Tensor]:
+    keep = {}
+    for g, s, k in zip(groups_, scores, kept, strict=False):
+        if k < g.size:
+            keep[g.root] = s.argsort(descending=True)[:k].sort().values
+    return keep
+
+
+def _shapes(out: Any) -> list[tuple]:
+    return [tuple(t.shape) for t in _tensors(out)]
+
+
+def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, target_macs: float | None = None,
+          importance: str | Importance | Callable = "l2", scope: str = "global",
+          units: Iterable[str] = ("channels", "heads"), ignore: Iterable = (), round_to: int | None = None,
+          calib: Any = None, max_group_ratio: float = MAX_GROUP_RATIO) -> PruneResult:
+    """Remove the least important channels, neurons and heads of ``model`` in place.
+
+    Exactly one of ``ratio`` (fraction of units removed) or ``target_macs`` (fraction of MACs kept,
+    reached by search to within 2%) is given. ``ignore`` holds modules, module classes, module
+    paths or parameter names whose dimensions stay as they are. The model's outputs keep their
+    shape; on failure the model is restored and :class:`prunekit.PruningError` is raised.
+
+    >>> import torch, prunekit
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+    >>> res = prunekit.prune(net, (torch.randn(2, 8),), ratio=0.25, scope="local")
+    >>> net[0].out_features, net(torch.randn(2, 8)).shape
+    (24, torch.Size([2, 4]))
+    """
+    t0 = time.perf_counter()
+    if (ratio is None) == (target_macs is None):
+        raise ValueError("give exactly one of ratio= or target_macs=")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    if target_macs is not None and not 0 < target_macs <= 1:
+        raise ValueError(f"target_macs is the fraction of MACs to keep, in (0, 1], got {target_macs}")
+    if scope not in ("global", "local"):
+        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+    units = tuple(units)
+    for u in units:
+        if u not in ("channels", "heads"):
+            raise ValueError(f"units must be 'channels' and/or 'heads', got {u!r}")
+    imp = get_importance(importance)
+
+    tr = trace(model, example_inputs)
+    _apply_ignore(model, tr, ignore)
+    _unsupported(model, tr)
+    _head_out_dims(model, tr)
+    all_groups = tr.groups()
+    grps = [g for g in all_groups if g.unit in units]
+    params = dict(model.named_parameters())
+    params_before = count_params(model)
+    with torch.no_grad():
+        ref_shapes = _shapes(tr.outputs)
+    macs_before = _count_macs(model, example_inputs, tr, {})
+    imp.prepare(model, tr, example_inputs, calib)
+    scores = _score(grps, imp, params)
+
+    def plan(r: float) -> tuple[list[int], dict]:
+        kept = _decide(grps, scores, r, scope, round_to, max_group_ratio)
+        return kept, _keep_sets(grps, scores, kept)
+
+    if target_macs is None:
+        kept, keep = plan(float(ratio))
+        chosen = float(ratio)
+    else:
+        kept, keep, chosen = _search(tr, plan, target_macs, max_group_ratio)
+
+    pruned_units = sorted({g.unit for g, k in zip(grps, kept, strict=False) if k < g.size})
+    op = "prune " + (" and ".join(pruned_units) or "nothing")
+    snap = Snapshot(model)
+    attn_log, cfg_changes = [], {}
+    if keep:
+        try:
+            shapes = apply_keep(model, tr, keep)
+            fix_module_attributes(model, tr, keep, shapes)
+            attn_log = fix_attention(model, tr, keep)
+            cfg_changes = sync_hf_config(model, tr, keep)
+            _check(model, example_inputs, ref_shapes, op)
+        except PruningError:
+            snap.restore()
+            raise
+        except Exception as e:  # noqa: BLE001
+            snap.restore()
+            raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
+        if target_macs is not None:
+            macs_after = _count_macs(model, example_inputs, tr, keep)
+            kept, keep, chosen, macs_after = _refine(model, example_inputs, tr, plan, target_macs, macs_before,
+                                                     macs_after, snap, kept, keep, chosen, ref_shapes, op,
+                                                     max_group_ratio)
+    macs_after = _count_macs(model, example_inputs, tr, keep)
+    decisions = []
+    for g, _k in zip(grps, kept, strict=False):
+        removed = sorted(set(range(g.size)) - set(keep[g.root].tolist())) if g.root in keep else []
+        decisions.append({"group": g.id, "unit": g.unit, "size": g.size, "kept": g.size - len(removed),
+                          "removed": removed, "members": [f"{o.name}[{o.dim}]" for o in g.occurrences
+                                                          if not o.is_buffer]})
+    return PruneResult(params_before, count_params(model), macs_before, macs_after, decisions, attn_log,
+                       cfg_changes, time.perf_counter() - t0, chosen)
+
+
+def _count_macs(model: nn.Module, example_inputs: Any, tr: TraceResult, keep: dict) -> int:
+    """MACs from ``torch.utils.flop_counter``; the trace's own count where the flop counter fails."""
+    try:
+        return count_macs(model, example_inputs)
+    except Exception:  # noqa: BLE001 - e.g. FlopCounterMode's module tracker on some attention pools
+        return tr.macs_after(keep)
+
+
+def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: str) -> None:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = run_with_module_stack(model, lambda: run_model(model, example_inputs))
+    except Exception as e:  # noqa: BLE001
+        mod = getattr(e, "module", "<model>")
+        err = getattr(e, "error", e)
+        hint = f"; pass ignore=[{mod!r}] to leave this module as it is" if mod else ""
+        raise PruningError(mod or "<model>", op, f"forward fails after surgery ({type(err).__name__}: {err}){hint}") \
+            from e
+    finally:
+        model.train(was)
+    if _shapes(out) != ref_shapes:
+        raise PruningError("<model>", op, f"output shapes changed from {ref_shapes} to {_shapes(out)}")
+
+
+def _search(tr: TraceResult, plan, target: float, max_group_ratio: float):
+    """Bisection on the ratio so the (analytic) MACs kept match ``target``."""
+    total = max(1, tr.macs_total())
+    lo, hi = 0.0, max_group_ratio
+    best = None
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        kept, keep = plan(mid)
+        frac = tr.macs_after(keep) / total
+        if best is None or abs(frac - target) < abs(best[3] - target):
+            best = (kept, keep, mid, frac)
+        if frac > target:
+            lo = mid
+        else:
+            hi = mid
+        if abs(frac - target) < 0.002:
+            break
+    return best[0], best[1], best[2]
+
+
+def _refine(model, example_inputs, tr, plan, target, macs_before, macs_after, snap, kept, keep, chosen,
+            ref_shapes, op, max_group_ratio):
+    """The analytic MAC count misses some ops (norms, activations): correct with measured MACs."""
+    goal = target
+    for _ in range(4):
+        frac = macs_after / macs_before
+        if abs(frac - target) <= 0.02 * target:
+            break
+        analytic = tr.macs_after(keep) / max(1, tr.macs_total())
+        goal = max(1e-3, goal + (target - frac) * (analytic / max(frac, 1e-9)))
+        snap.restore()
+        kept, keep, chosen = _search(tr, plan, goal, max_group_ratio)
+        try:
+            shapes = apply_keep(model, tr, keep)
+            fix_module_attributes(model, tr, keep, shapes)
+            fix_attention(model, tr, keep)
+            sync_hf_config(model, tr, keep)
+            _check(model, example_inputs, ref_shapes, op)
+        except PruningError:
+            snap.restore()
+            raise
+        except Exception as e:  # noqa: BLE001
+            snap.restore()
+            raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
+        macs_after = _count_macs(model, example_inputs, tr, keep)
+    return kept, keep, chosen, macs_after

@@ -1,0 +1,164 @@
+"""Physical removal: new, smaller parameters and buffers, and the module attributes that describe them.
+
+Nothing is modified in place: every pruned tensor is a new ``nn.Parameter`` (or buffer), so a
+:class:`Snapshot` of each module's ``__dict__`` (and of shared Hugging Face configs) taken before
+surgery restores the model exactly, with the very same parameter objects, if anything fails.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.structured.graph import TraceResult
+
+__all__ = ["Snapshot", "apply_keep", "fix_module_attributes"]
+
+_DICTS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+
+
+class Snapshot:
+    """The structure of a model (module dicts, classes, configs) so it can be restored exactly."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = []
+        configs = {}
+        for m in model.modules():
+            d = dict(m.__dict__)
+            for key in _DICTS:
+                if key in d:
+                    d[key] = copy.copy(d[key])
+            self.modules.append((m, m.__class__, d))
+            cfg = getattr(m, "config", None)
+            if cfg is not None and hasattr(cfg, "__dict__") and not isinstance(cfg, (dict, nn.Module)):
+                configs[id(cfg)] = (cfg, copy.deepcopy(cfg.__dict__))
+        self.configs = list(configs.values())
+        self.mha_fastpath = torch.backends.mha.get_fastpath_enabled()
+
+    def restore(self) -> None:
+        for m, cls, d in self.modules:  # copies again, so the snapshot survives later surgery
+            m.__class__ = cls
+            m.__dict__.clear()
+            m.__dict__.update({k: copy.copy(v) if k in _DICTS else v for k, v in d.items()})
+        for cfg, d in self.configs:
+            cfg.__dict__.clear()
+            cfg.__dict__.update(copy.deepcopy(d))
+        torch.backends.mha.set_fastpath_enabled(self.mha_fastpath)
+
+
+def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, bool]]]:
+    """id(tensor) -> every (module, attribute, is_param) that holds it (tied weights appear twice)."""
+    out: dict[int, list] = {}
+    for m in model.modules():
+        for k, p in m._parameters.items():
+            if p is not None:
+                out.setdefault(id(p), []).append((m, k, True))
+        for k, b in m._buffers.items():
+            if b is not None:
+                out.setdefault(id(b), []).append((m, k, False))
+    return out
+
+
+def apply_keep(model: nn.Module, trace: TraceResult, keep: dict) -> dict[str, tuple]:
+    """Replace every parameter/buffer a pruned group touches; returns ``{name: (old_shape, new_shape)}``."""
+    g = trace.graph
+    named = dict(model.named_parameters(remove_duplicate=True))
+    named.update(dict(model.named_buffers(remove_duplicate=True)))
+    owners = _owners(model)
+    shapes = {}
+    for name, labels in trace.param_labels.items():
+        t = named.get(name)
+        if t is None or len(labels) != t.dim():
+            continue
+        idxs = [g.keep_index(lb, keep) for lb in labels]
+        if all(i is None for i in idxs):
+            continue
+        new = t.detach()
+        for d, idx in enumerate(idxs):
+            if idx is not None:
+                new = new.index_select(d, idx.to(new.device))
+        new = new.clone()
+        for m, k, is_param in owners.get(id(t), []):
+            if is_param:
+                m._parameters[k] = nn.Parameter(new, requires_grad=t.requires_grad)
+            else:
+                m._buffers[k] = new
+        # tied weights: the same new Parameter object for all holders
+        holders = owners.get(id(t), [])
+        if len(holders) > 1 and holders[0][2]:
+            shared = holders[0][0]._parameters[holders[0][1]]
+            for m, k, _ in holders[1:]:
+                m._parameters[k] = shared
+        shapes[name] = (tuple(t.shape), tuple(new.shape))
+    return shapes
+
+
+def _weight(m: nn.Module) -> torch.Tensor | None:
+    w = m._parameters.get("weight")
+    return w if isinstance(w, torch.Tensor) else None
+
+
+def _torchvision_vit(m: nn.Module) -> None:
+    m.hidden_dim = m.conv_proj.weight.shape[0]  # read by _process_input's reshape
+
+
+# Modules whose forward reads a width from an attribute that is not a standard layer's.
+CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit}
+
+
+def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
+    """Update in/out sizes, groups and normalised shapes of standard layers after ``apply_keep``."""
+    g = trace.graph
+    touched = {name.rsplit(".", 1)[0] if "." in name else "" for name in shapes}
+    ln_shapes: dict[str, Any] = {}
+    for mod, op, info in trace.module_ops:
+        if op == "layer_norm":
+            ln_shapes[mod] = tuple(g.kept_size(lb, keep) for lb in info)
+    for path, m in model.named_modules():
+        w = _weight(m)
+        if path in ln_shapes and hasattr(m, "normalized_shape"):
+            new = ln_shapes[path]
+            if tuple(m.normalized_shape) != new:
+                m.normalized_shape = new if isinstance(m.normalized_shape, tuple) else list(new)
+        fixup = CLASS_FIXUPS.get(f"{type(m).__module__}.{type(m).__qualname__}")
+        if fixup is not None:
+            fixup(m)
+        if path not in touched:
+            continue
+        old_w = shapes.get(f"{path}.weight" if path else "weight", (None, None))[0]
+        if isinstance(m, nn.Linear) and w is not None:
+            m.in_features, m.out_features = w.shape[1], w.shape[0]
+        elif isinstance(m, nn.modules.conv._ConvNd) and w is not None:
+            old_groups = m.groups
+            if m.transposed:
+                old_in = old_w[0] if old_w else m.in_channels
+                m.in_channels = w.shape[0]
+                m.groups = max(1, m.in_channels // max(1, old_in // old_groups)) if old_groups > 1 else 1
+                m.out_channels = w.shape[1] * m.groups
+            else:
+                old_out = old_w[0] if old_w else m.out_channels
+                m.out_channels = w.shape[0]
+                m.groups = max(1, m.out_channels // max(1, old_out // old_groups)) if old_groups > 1 else 1
+                m.in_channels = w.shape[1] * m.groups
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            ref = w if w is not None else m._buffers.get("running_mean")
+            if ref is not None:
+                m.num_features = ref.shape[0]
+        elif isinstance(m, nn.GroupNorm) and w is not None:
+            old_c = old_w[0] if old_w else m.num_channels
+            m.num_groups = max(1, w.shape[0] // max(1, old_c // m.num_groups))
+            m.num_channels = w.shape[0]
+        elif isinstance(m, nn.Embedding) and w is not None:
+            m.num_embeddings, m.embedding_dim = w.shape
+        elif isinstance(m, nn.PReLU) and w is not None:
+            m.num_parameters = w.shape[0]
+        elif type(m).__name__ == "Conv1D" and w is not None and hasattr(m, "nf"):  # Hugging Face GPT-2
+            m.nx, m.nf = w.shape
+        if w is not None and hasattr(m, "normalized_shape") and path not in ln_shapes:
+            ns = m.normalized_shape
+            if isinstance(ns, (tuple, list)) and len(ns) == w.dim():
+                m.normalized_shape = tuple(w.shape) if isinstance(ns, tuple) else list(w.shape)
+            elif isinstance(ns, int):
+                m.normalized_shape = w.shape[-1]

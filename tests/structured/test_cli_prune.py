@@ -1,0 +1,30 @@
+"""``prunekit prune``: prints the profile shape (dense + ratios) and saves a loadable model."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+import prunekit
+from prunekit.cli import main
+
+
+def test_cli_prune_timm_json_and_saved_model(tmp_path, capsys):
+    out = tmp_path / "pruned.safetensors"
+    assert main(["prune", "timm:test_resnet", "--ratio", "0.3", "--out", str(out), "--json", "--repeats", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("params", "macs", "latency_ms", "batch_size", "threads", "metric", "dense", "ratios", "prune"):
+        assert key in res
+    assert res["ratios"]["macs"] <= 0.8 and res["params"] < res["dense"]["params"]
+    assert res["prune"]["groups_pruned"] > 0
+    back = prunekit.load(out)
+    assert back.prunekit_meta["timm"] == "test_resnet"
+    size = back.pretrained_cfg["input_size"]
+    assert back.eval()(torch.randn(1, *size)).shape == (1, back.num_classes)
+
+
+def test_cli_prune_target_macs(tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    main(["prune", "timm:test_vit", "--target-macs", "0.6", "--out", str(out), "--json", "--repeats", "2"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(res["ratios"]["macs"] - 0.6) <= 0.02 * 0.6
