@@ -37,7 +37,7 @@ def main() -> None:
             continue
         wl = load(name)
         inputs = batch_of(wl, args.batch)
-        p = profile(wl.model, inputs, lambda m: wl.evaluate(m, limit=args.limit), repeats=10)
+        p = profile(wl.model, inputs, lambda m, wl=wl: wl.evaluate(m, limit=args.limit), repeats=10)
         raw[name] = p
         metric = ", ".join(f"{k}={v:.4f}" for k, v in p["metric"].items())
         route = manifest.get(name, {}).get("route", "pretrained (all-MiniLM-L6-v2)")
