@@ -11,7 +11,7 @@ import sys
 __all__ = ["main", "COMMANDS"]
 
 # One module per subcommand (prunekit.cli.<name>); each defines register(subparsers).
-COMMANDS = ("profile", "zoo", "demo")
+COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,293 @@
+"""``merge(model, r)``: token merging patched into a trained transformer, reversibly, no retraining.
+
+ToMe: Bolya, Fu, Dai, Zhang, Feichtenhofer, Hoffman, "Token Merging: Your ViT but Faster", ICLR 2023.
+Between the attention and the MLP of every layer, ``r`` tokens are merged into their most similar
+partner (bipartite soft matching on the attention keys averaged over heads, see
+:mod:`prunekit.tokens.matching`); token sizes are tracked and attention is proportional
+(``log(size)`` added to the logits, passed to ``F.scaled_dot_product_attention`` as an additive mask so
+the fused kernel is kept).
+
+How it is wired, for every family (:mod:`prunekit.tokens.adapters`): the model's own ``forward`` is
+left alone; only its layer stack (timm ``blocks``, HF ``encoder.layer`` / ``layers``, torch
+``TransformerEncoder.layers``) is switched to a subclass whose call / iteration runs the layers through
+the engine below. All per-forward state (sizes, source positions) lives in local variables of that one
+call. The stack returns its tokens un-merged to full length, so heads, poolers and dense decoders see
+the shape they expect, and averaging them is the size-weighted average of the merged tokens.
+:func:`unpatch` switches the class back and removes every attribute added.
+
+>>> import timm, torch
+>>> vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=4).eval()
+>>> x = torch.randn(2, 3, 64, 64)
+>>> dense = vit(x)
+>>> _ = merge(vit, r=0)
+>>> bool((vit(x) - dense).abs().max() < 1e-5)
+True
+>>> _ = merge(vit, r=4, trace_source=True)
+>>> _ = vit(x)
+>>> last_info(vit).tokens            # 1 class token + 16 patches, 4 merged per block
+[13, 9, 5, 3]
+>>> _ = unpatch(vit)
+>>> bool((vit(x) - dense).abs().max() == 0)
+True
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.tokens.adapters import ADAPTERS, Adapter, Target
+from prunekit.tokens.matching import attention_bias, bipartite_soft_matching, merge_positions, merge_wavg, unmerge
+from prunekit.tokens.prune import class_attention, keep_tokens, topk_keep
+from prunekit.tokens.schedule import Constant, RSpec, Schedule, as_schedule, solve_for_macs
+
+__all__ = ["merge", "unpatch", "is_patched", "last_info", "schedule_of", "MergeConfig", "TokenInfo",
+           "run_layers"]
+
+
+@dataclass
+class MergeConfig:
+    """What a patched model does; shared by all stacks patched by one :func:`merge` call."""
+
+    schedule: Schedule
+    prop_attn: bool = True
+    trace_source: bool = False
+    reducer: str = "merge"  # "merge" (ToMe) or "drop" (top-k by class attention, a reference)
+
+
+@dataclass
+class TokenInfo:
+    """What the last forward of a ``trace_source=True`` model did (``last_info(model)``).
+
+    ``positions[b, j]`` is the index, among the final tokens, of the token that original token ``j``
+    ended in (-1: dropped); ``size`` ``(B, N', 1)`` counts the original (real) tokens in each;
+    ``r`` and ``tokens`` are the merges and the token count after each layer.
+    """
+
+    r: list[int]
+    tokens: list[int]
+    size: torch.Tensor | None
+    positions: torch.Tensor | None
+    num_protected: int
+
+
+@dataclass
+class _Patch:
+    adapter: Adapter
+    target: Target
+    config: MergeConfig
+    root: nn.Module
+    original_class: type
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid: torch.Tensor | None,
+               config: MergeConfig, num_protected: int) -> tuple[torch.Tensor, TokenInfo | None]:
+    """Run ``layers`` on tokens ``x`` ``(B, N, C)``, reducing tokens between attention and MLP.
+
+    ``valid`` ``(B, N)`` marks real tokens (padding gets size 0). Returns the final tokens (restored
+    to ``N`` when merging) and, with ``config.trace_source``, a :class:`TokenInfo`.
+    """
+    B, n0, _ = x.shape
+    p = num_protected
+    rs = config.schedule.per_layer(len(layers), n0, p)
+    has_pad = valid is not None
+    size = valid[..., None].to(x.dtype) if has_pad else None
+    merging = config.reducer == "merge"
+    track = merging or config.trace_source
+    positions: torch.Tensor | None = None
+    n, counts = n0, []
+    for layer, r in zip(layers, rs, strict=True):
+        bias = attention_bias(size, config.prop_attn, x.dtype, has_pad)
+        x, q, k = adapter.attention(layer, x, bias)
+        if r > 0:
+            if merging:
+                match = bipartite_soft_matching(k.mean(1), r, num_protected=p,
+                                                valid=size[..., 0] > 0 if has_pad else None)
+                x, size = merge_wavg(match, x, size)
+                if track:
+                    positions = merge_positions(match, positions, n, B, x.device)
+            else:
+                keep = topk_keep(class_attention(q, k, bias), r, p)
+                x = keep_tokens(x, keep)
+                size = keep_tokens(size, keep) if size is not None else None
+                if track:
+                    positions = _drop_positions(keep, positions, n, B, x.device)
+            n -= r
+        counts.append(n)
+        x = adapter.mlp(layer, x)
+    info = None
+    if config.trace_source:
+        info = TokenInfo(rs, counts, size if size is not None else x.new_ones(B, n, 1), positions, p)
+    if merging and positions is not None:
+        x = unmerge(x, positions)
+    return x, info
+
+
+def _drop_positions(keep: torch.Tensor, positions: torch.Tensor | None, n: int, batch: int,
+                    device: torch.device) -> torch.Tensor:
+    layer_map = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    layer_map.scatter_(1, keep, torch.arange(keep.shape[1], device=device).expand_as(keep))
+    if positions is None:
+        return layer_map
+    return torch.where(positions >= 0, layer_map.gather(1, positions.clamp_min(0)), positions)
+
+
+def _run_stack(container: nn.Module, *args, **kwargs):
+    patch: _Patch = container.__dict__["_tome"]
+    x, valid, leave = patch.adapter.enter(patch.target, *args, **kwargs)
+    x, info = run_layers(patch.adapter, list(container._modules.values()), x, valid, patch.config,
+                         patch.target.num_protected)
+    if info is not None:
+        patch.root.__dict__["_tome_info"] = info
+    return leave(x)
+
+
+class TokenMergingSequential(nn.Sequential):
+    """An ``nn.Sequential`` of transformer blocks whose call merges tokens (set by :func:`merge`)."""
+
+    def forward(self, *args, **kwargs):
+        if "_tome" not in self.__dict__:
+            return super().forward(*args, **kwargs)
+        return _run_stack(self, *args, **kwargs)
+
+
+class _Stack:
+    """What iterating a patched ``ModuleList`` yields: one callable running every layer."""
+
+    __slots__ = ("container",)
+
+    def __init__(self, container: nn.Module):
+        self.container = container
+
+    def __call__(self, *args, **kwargs):
+        return _run_stack(self.container, *args, **kwargs)
+
+
+class TokenMergingModuleList(nn.ModuleList):
+    """An ``nn.ModuleList`` of layers whose iteration yields a single merging stack (set by :func:`merge`).
+
+    Indexing, ``len`` and ``state_dict`` are unchanged; only ``for layer in layers`` differs while patched.
+    """
+
+    def __iter__(self):
+        if "_tome" not in self.__dict__:
+            return super().__iter__()
+        return iter([_Stack(self)])
+
+
+_PATCHED_CLASS = {nn.Sequential: TokenMergingSequential, nn.ModuleList: TokenMergingModuleList}
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether :func:`merge` (or :func:`prunekit.tokens.drop`) has patched ``model`` or a submodule."""
+    return any("_tome" in m.__dict__ for m in model.modules())
+
+
+def _patches(model: nn.Module) -> list[_Patch]:
+    return [m.__dict__["_tome"] for m in model.modules() if "_tome" in m.__dict__]
+
+
+def last_info(model: nn.Module) -> TokenInfo | None:
+    """The :class:`TokenInfo` of the last forward of a model patched with ``trace_source=True``
+    (also stored as ``model._tome_info``)."""
+    return model.__dict__.get("_tome_info")
+
+
+def schedule_of(model: nn.Module) -> Schedule | None:
+    """The schedule a patched model uses (e.g. the one solved for ``target_macs``)."""
+    patches = _patches(model)
+    return patches[0].config.schedule if patches else None
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge` / :func:`prunekit.tokens.drop`: the model is exactly as before (same classes,
+    no added attributes, identical outputs). A model that is not patched is returned unchanged."""
+    for patch in _patches(model):
+        container = patch.target.container
+        patch.adapter.uninstall(patch.target)
+        container.__class__ = patch.original_class
+        del container.__dict__["_tome"]
+        patch.root.__dict__.pop("_tome_info", None)
+    model.__dict__.pop("_tome_info", None)
+    return model
+
+
+def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_source: bool = False,
+          target_macs: float | None = None, example_inputs: Any = None, num_protected: int | None = None,
+          reducer: str = "merge") -> nn.Module:
+    """Patch ``model`` in place to merge tokens in every transformer layer; returns ``model``.
+
+    ``r``: tokens merged per layer — an int (constant), a list (per layer) or a schedule from
+    :mod:`prunekit.tokens.schedule`. ``target_macs``: instead of ``r``, the fraction of the dense MACs
+    to keep (e.g. 0.62 for 38% fewer); the smallest constant ``r`` reaching it is solved for with
+    :func:`prunekit.measure.count_macs` on ``example_inputs``. ``prop_attn``: proportional attention.
+    ``trace_source``: keep the last forward's :class:`TokenInfo` (``last_info(model)``).
+    ``num_protected``: override the number of leading tokens never merged (default: the family's
+    prefix tokens). Patching an already patched model replaces the old patch.
+
+    Supported: timm ``VisionTransformer`` family, Hugging Face BERT-style encoders and ViT/DeiT,
+    ``nn.TransformerEncoder``. Unsupported layers raise ``NotImplementedError`` before anything changes.
+
+    >>> import torch
+    >>> enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 3)
+    >>> _ = merge(enc.eval(), r=2)
+    >>> enc(torch.randn(2, 10, 32)).shape            # restored to the input length
+    torch.Size([2, 10, 32])
+    >>> _ = unpatch(enc)
+    """
+    if reducer not in ("merge", "drop"):
+        raise ValueError(f"reducer must be 'merge' or 'drop', got {reducer!r}")
+    unpatch(model)
+    found: list[tuple[Adapter, Target]] = []
+    for adapter in ADAPTERS:
+        found += [(adapter, t) for t in adapter.targets(model)]
+    if not found:
+        raise NotImplementedError(f"no supported transformer layer stack in {type(model).__name__} "
+                                  "(timm VisionTransformer, HF BERT/ViT/DeiT, nn.TransformerEncoder)")
+    for _, t in found:
+        if type(t.container) not in _PATCHED_CLASS:
+            raise NotImplementedError(f"layer container {type(t.container).__name__} is not patchable")
+        if num_protected is not None:
+            t.num_protected = int(num_protected)
+    config = MergeConfig(as_schedule(r), prop_attn, trace_source, reducer)
+    try:
+        for adapter, t in found:
+            patch = _Patch(adapter, t, config, model, type(t.container))
+            adapter.install(t)
+            t.container.__dict__["_tome"] = patch
+            t.container.__class__ = _PATCHED_CLASS[patch.original_class]
+        if target_macs is not None:
+            config.schedule = _solve_target(model, config, target_macs, example_inputs)
+    except BaseException:
+        unpatch(model)
+        raise
+    return model
+
+
+def _solve_target(model: nn.Module, config: MergeConfig, fraction: float, example_inputs: Any) -> Schedule:
+    from prunekit.measure import count_macs
+    if example_inputs is None:
+        raise ValueError("target_macs needs example_inputs to count MACs on")
+    trace = config.trace_source
+    config.trace_source = False
+
+    def macs_of(schedule: Schedule) -> int:
+        config.schedule = schedule
+        return count_macs(model, example_inputs)
+
+    try:
+        dense = macs_of(Constant(0))
+        limit = 1024  # clipping makes MACs flat past the largest useful r
+        best = solve_for_macs(macs_of, dense, fraction, limit)
+        floor = macs_of(Constant(limit))
+        if floor > fraction * dense:
+            warnings.warn(f"target_macs={fraction} is out of reach: merging as much as possible keeps "
+                          f"{floor / dense:.3f} of the MACs", stacklevel=3)
+            best = solve_for_macs(macs_of, dense, min(1.0, (floor + 0.5) / dense), limit)
+    finally:
+        config.trace_source = trace
+    return best

@@ -1,0 +1,118 @@
+"""Which patches merged into which token, drawn over the input image.
+
+After the visualisations of ToMe (Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023):
+every final token is painted with the mean colour of the patches it stands for, and the borders
+between tokens are outlined.
+
+>>> import timm, torch
+>>> vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=4).eval()
+>>> labels = merge_groups(vit, torch.randn(3, 64, 64), r=4)
+>>> labels.shape, int(labels.unique().numel())   # 16 patches; r clipped to 4, 4, 4, 2 -> 2 tokens
+(torch.Size([4, 4]), 2)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.tokens.merge import is_patched, last_info, merge, unpatch
+from prunekit.tokens.schedule import RSpec
+
+__all__ = ["merge_groups", "patch_grid", "group_image", "draw_merges"]
+
+
+def patch_grid(model: nn.Module) -> tuple[int, int]:
+    """``(rows, cols)`` of the patch grid of a timm or Hugging Face ViT."""
+    for m in model.modules():
+        grid = getattr(getattr(m, "patch_embed", None), "grid_size", None)
+        if grid is not None:
+            return int(grid[0]), int(grid[1])
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "image_size") and hasattr(cfg, "patch_size"):
+            size = cfg.image_size if isinstance(cfg.image_size, (tuple, list)) else (cfg.image_size,) * 2
+            patch = cfg.patch_size if isinstance(cfg.patch_size, (tuple, list)) else (cfg.patch_size,) * 2
+            return size[0] // patch[0], size[1] // patch[1]
+    raise ValueError(f"cannot find the patch grid of {type(model).__name__}")
+
+
+@torch.no_grad()
+def merge_groups(model: nn.Module, image: torch.Tensor, r: RSpec, **merge_kwargs) -> torch.Tensor:
+    """Final token index of every patch ``(rows, cols)`` for ``image`` ``(C, H, W)`` merged with ``r``.
+
+    The model is patched for the call and left as it was (patched or not) afterwards.
+    """
+    was_patched = is_patched(model)
+    if was_patched:
+        raise ValueError("merge_groups patches the model itself; unpatch it first")
+    try:
+        merge(model, r, trace_source=True, **merge_kwargs)
+        x = image[None]
+        model(x) if not _is_hf(model) else model(pixel_values=x)
+        info = last_info(model)
+    finally:
+        unpatch(model)
+    rows, cols = patch_grid(model)
+    p = info.num_protected
+    if info.positions is None:  # nothing merged
+        return torch.arange(rows * cols).view(rows, cols)
+    labels = info.positions[0, p:] - p
+    return labels.view(rows, cols)
+
+
+def _is_hf(model: nn.Module) -> bool:
+    return hasattr(model, "config") and hasattr(model.config, "model_type")
+
+
+def group_image(image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``image`` ``(C, H, W)`` with every patch replaced by the mean colour of its token's patches."""
+    C, H, W = image.shape
+    rows, cols = labels.shape
+    ph, pw = H // rows, W // cols
+    patches = image[:, :rows * ph, :cols * pw].reshape(C, rows, ph, cols, pw).permute(1, 3, 0, 2, 4)
+    means = patches.mean(dim=(-1, -2)).reshape(rows * cols, C)
+    flat = labels.flatten()
+    n = int(flat.max()) + 1
+    sums = torch.zeros(n, C).index_add_(0, flat, means)
+    counts = torch.bincount(flat, minlength=n).clamp_min(1)[:, None]
+    colour = (sums / counts)[flat].view(rows, cols, C).permute(2, 0, 1)
+    return colour.repeat_interleave(ph, 1).repeat_interleave(pw, 2)
+
+
+def draw_merges(image: torch.Tensor, labels: torch.Tensor, out: str | Path, title: str = "") -> Path:
+    """Save a PNG: the input image, and the merged tokens (mean colour, outlined) over it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = image.detach().float().cpu()
+    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
+    scale = max(1, 256 // max(img.shape[1:]))  # upsample small images so outlines stay thin
+    img = img.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    merged = group_image(img, labels)
+    rows, cols = labels.shape
+    H, W = img.shape[1:]
+    up = labels.repeat_interleave(H // rows, 0).repeat_interleave(W // cols, 1)
+    edge = torch.zeros_like(up, dtype=torch.bool)
+    edge[1:] |= up[1:] != up[:-1]
+    edge[:, 1:] |= up[:, 1:] != up[:, :-1]
+    to_hwc = (lambda t: t[0].numpy()) if img.shape[0] == 1 else (lambda t: t.permute(1, 2, 0).numpy())
+    cmap = "gray" if img.shape[0] == 1 else None
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    axes[0].imshow(to_hwc(img), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_title("input")
+    axes[1].imshow(to_hwc(merged), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    overlay = torch.zeros(H, W, 4)
+    overlay[edge] = torch.tensor([1.0, 0.2, 0.1, 1.0])
+    axes[1].imshow(overlay.numpy(), interpolation="nearest")
+    axes[1].set_title(f"{int(labels.unique().numel())} tokens from {rows * cols} patches")
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out

@@ -1,0 +1,75 @@
+"""`prunekit merge` / `prunekit tokens show` on a tiny timm ViT, and the merge visualisation helpers."""
+import json
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import prunekit.cli.merge as cli_merge
+import prunekit.cli.tokens as cli_tokens
+from prunekit.cli import main
+from prunekit.tokens import is_patched
+from prunekit.tokens.show import group_image, merge_groups, patch_grid
+from prunekit.zoo import Workload
+
+
+def tiny_workload(name="tiny-vit"):
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=3, num_heads=2,
+                              num_classes=10).eval()
+    x = torch.randn(4, 1, 28, 28)
+    y = torch.randint(0, 10, (4,))
+    evaluate = lambda m, limit=None: {"top1": float((m(x).argmax(-1) == y).float().mean())}
+    return Workload(name, model, (x,), evaluate, "classification", "top1")
+
+
+@pytest.fixture
+def workload(monkeypatch):
+    wl = tiny_workload()
+    monkeypatch.setattr(cli_merge, "resolve_model", lambda spec: wl)
+    monkeypatch.setattr(cli_tokens, "resolve_model", lambda spec: wl)
+    return wl
+
+
+def test_merge_cli_json_shape(workload, capsys):
+    assert main(["merge", "tiny", "--r", "6", "--json", "--repeats", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("params", "macs", "latency_ms", "batch_size", "threads", "metric", "dense", "ratios"):
+        assert key in out
+    assert out["batch_size"] == 4 and out["tome"]["r"] == 6
+    assert out["ratios"]["macs"] < 0.9 and out["macs"] < out["dense"]["macs"]
+    assert out["params"] == out["dense"]["params"] and "top1" in out["metric"]
+    assert is_patched(workload.model)
+
+
+def test_merge_cli_target_macs(workload, capsys):
+    assert main(["merge", "tiny", "--target-macs", "0.7", "--json", "--repeats", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ratios"]["macs"] <= 0.7 and out["tome"]["r"] > 0
+
+
+def test_tokens_show_writes_png(workload, tmp_path, capsys):
+    png = tmp_path / "merged.png"
+    assert main(["tokens", "show", "tiny", "--r", "8", "--out", str(png)]) == 0
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    assert "49 patches -> " in capsys.readouterr().out
+    assert not is_patched(workload.model)
+
+
+def test_merge_groups_and_group_image():
+    wl = tiny_workload()
+    assert patch_grid(wl.model) == (7, 7)
+    labels = merge_groups(wl.model, wl.example_inputs[0][0], r=8)
+    # 49 patches, r clipped per layer: 8, 8, 8 -> 25 patch tokens left
+    assert labels.shape == (7, 7) and labels.unique().numel() == 49 - 24
+    assert torch.equal(labels.unique(), torch.arange(25))
+    img = torch.rand(1, 28, 28)
+    painted = group_image(img, labels)
+    assert painted.shape == img.shape
+    # every token is one flat colour and the image mean is preserved (equal-size patches)
+    assert torch.allclose(painted.mean(), img.mean(), atol=1e-5)
+    up = labels.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    for t in range(25):
+        vals = painted[0][up == t]
+        assert torch.allclose(vals, vals[0].expand_as(vals))
+    assert not is_patched(wl.model)
