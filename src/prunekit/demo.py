@@ -86,9 +86,9 @@ def _merge(r):
 
 
 STEPS: tuple[Step, ...] = (
-    Step("fmnist-resnet", "structured: 50% MACs (l2)", _prune(target_macs=0.5)),
+    Step("fmnist-resnet", "structured: 50% MACs (l2, one-shot)", _prune(target_macs=0.5)),
     Step("fmnist-resnet", "sparsity 70% magnitude", _sparsify(0.7)),
-    Step("fmnist-vit", "structured: 30% heads+MLP (l2)", _prune(ratio=0.3)),
+    Step("fmnist-vit", "structured: ratio 0.3, channels+heads (l2, one-shot)", _prune(ratio=0.3)),
     Step("fmnist-vit", "sparsity 50% magnitude", _sparsify(0.5)),
     Step("fmnist-vit", "drop 2 of 12 blocks", _drop(2)),
     Step("fmnist-vit", "ToMe r=8", _merge(8)),
