@@ -18,6 +18,8 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
     parts = []
     for path in sorted(results_dir.glob("*.json")):
         doc = json.loads(path.read_text())
+        if "table" not in doc:  # e.g. a benchmark's in-progress checkpoint file
+            continue
         setup = doc.get("setup", {})
         cols, rows = doc["table"]["columns"], doc["table"]["rows"]
         parts.append(f"#### {doc['title']}\n")
