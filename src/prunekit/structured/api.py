@@ -296,18 +296,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     snap = Snapshot(model)
     attn_log, cfg_changes = [], {}
     if keep:
-        try:
-            shapes = apply_keep(model, tr, keep)
-            fix_module_attributes(model, tr, keep, shapes)
-            attn_log = fix_attention(model, tr, keep)
-            cfg_changes = sync_hf_config(model, tr, keep)
-            _check(model, example_inputs, ref_shapes, op)
-        except PruningError:
-            snap.restore()
-            raise
-        except Exception as e:  # noqa: BLE001
-            snap.restore()
-            raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
+        attn_log, cfg_changes = _surgery(model, tr, keep, example_inputs, ref_shapes, op, snap)
         if target_macs is not None:
             macs_after = _count_macs(model, example_inputs, tr, keep)
             kept, keep, chosen, macs_after = _refine(model, example_inputs, tr, plan, target_macs, macs_before,
@@ -331,6 +320,23 @@ def _count_macs(model: nn.Module, example_inputs: Any, tr: TraceResult, keep: di
     except Exception:  # noqa: BLE001 - e.g. FlopCounterMode's module tracker on some attention pools
         return tr.macs_after(keep)
 
+
+
+def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap):
+    """Remove the units not in ``keep`` and fix every attribute; on any error restore ``snap`` and raise."""
+    try:
+        shapes = apply_keep(model, tr, keep)
+        fix_module_attributes(model, tr, keep, shapes)
+        attn_log = fix_attention(model, tr, keep)
+        cfg_changes = sync_hf_config(model, tr, keep)
+        _check(model, example_inputs, ref_shapes, op)
+    except PruningError:
+        snap.restore()
+        raise
+    except Exception as e:  # noqa: BLE001
+        snap.restore()
+        raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
+    return attn_log, cfg_changes
 
 def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: str) -> None:
     was = model.training
@@ -382,17 +388,6 @@ def _refine(model, example_inputs, tr, plan, target, macs_before, macs_after, sn
         goal = max(1e-3, goal + (target - frac) * (analytic / max(frac, 1e-9)))
         snap.restore()
         kept, keep, chosen = _search(tr, plan, goal, max_group_ratio)
-        try:
-            shapes = apply_keep(model, tr, keep)
-            fix_module_attributes(model, tr, keep, shapes)
-            fix_attention(model, tr, keep)
-            sync_hf_config(model, tr, keep)
-            _check(model, example_inputs, ref_shapes, op)
-        except PruningError:
-            snap.restore()
-            raise
-        except Exception as e:  # noqa: BLE001
-            snap.restore()
-            raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
+        _surgery(model, tr, keep, example_inputs, ref_shapes, op, snap)
         macs_after = _count_macs(model, example_inputs, tr, keep)
     return kept, keep, chosen, macs_after
