@@ -16,7 +16,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["ResNetFM", "SegViT", "TubeletEmbed", "build", "BUILDERS"]
+__all__ = ["ResNetFM", "SegViT", "TubeletEmbed", "vit", "build", "BUILDERS"]
 
 
 class BasicBlock(nn.Module):
@@ -103,7 +103,8 @@ class SegViT(nn.Module):
         return nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def _vit(img_size: int, patch: int, width: int, depth: int, heads: int, classes: int, **kw) -> VisionTransformer:
+def vit(img_size: int, patch: int, width: int, depth: int, heads: int, classes: int, **kw) -> VisionTransformer:
+    """A grey-image timm ``VisionTransformer`` (MLP ratio 4), the family every zoo ViT belongs to."""
     return VisionTransformer(img_size=img_size, patch_size=patch, in_chans=1, num_classes=classes,
                              embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=4.0, **kw)
 
@@ -114,17 +115,17 @@ def build_resnet() -> nn.Module:
 
 def build_vit(patch: int = 2) -> VisionTransformer:
     """fmnist-vit: 28 px, patch 2 -> 196 tokens, 12 blocks, width 96, 4 heads (patch 4 = 49-token pretraining)."""
-    return _vit(28, patch, 96, 12, 4, 10)
+    return vit(28, patch, 96, 12, 4, 10)
 
 
 def build_segvit(patch: int = 4) -> SegViT:
     """mosaic-segvit: 56 px canvas, patch 4 -> 196 tokens, 8 blocks, width 96, 4 heads."""
-    return SegViT(_vit(56, patch, 96, 8, 4, 0, global_pool=""), 11)
+    return SegViT(vit(56, patch, 96, 8, 4, 0, global_pool=""), 11)
 
 
 def build_vivit() -> VisionTransformer:
     """motion-vivit: 8x56x56 clips, 2x8x8 tubelets -> 196 tokens, joint space-time attention, 8 blocks."""
-    return _vit(56, 8, 64, 8, 4, 10, embed_layer=TubeletEmbed)
+    return vit(56, 8, 64, 8, 4, 10, embed_layer=TubeletEmbed)
 
 
 BUILDERS: dict[str, Callable[[], nn.Module]] = {

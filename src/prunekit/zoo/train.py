@@ -2,9 +2,9 @@
 
 ``prunekit zoo train NAME`` runs the recipe and writes ``checkpoints/NAME.safetensors`` plus a
 manifest entry (metric, seed, command, sha256, route). The ViTs take the cheaper route the
-Foundation issue allows: most epochs at 49 tokens (a coarser patch), then a fine-tune at 196 tokens
-after resampling the patch embedding (timm ``resample_patch_embed``, FlexiViT's PI-resize) and the
-position embedding (``resample_abs_pos_embed``). The route is recorded in the manifest.
+Foundation issue allows: most epochs at 49 tokens (a coarser patch or a single frame), then a
+fine-tune at 196 tokens after transferring the weights (:mod:`prunekit.zoo.transfer`). The route is
+recorded in the manifest.
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import nn
 from tqdm import tqdm
 
 from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normalize
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
+from prunekit.zoo.transfer import inflate_to_video, transfer_vit
 
 __all__ = ["train_model", "fit", "RECIPES", "SUBSET"]
 
@@ -66,9 +66,14 @@ class FitResult:
 
 
 def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_epoch: int,
-        seed: int = 0, weight_decay: float = 0.05, label_smoothing: float = 0.1, desc: str = "train"
-        ) -> FitResult:
-    """AdamW with linear warm-up and cosine decay; ``epochs`` may be fractional."""
+        seed: int = 0, weight_decay: float = 0.05, label_smoothing: float = 0.1, desc: str = "train",
+        teacher: nn.Module | None = None, distill: float = 0.5, temperature: float = 2.0) -> FitResult:
+    """AdamW with linear warm-up and cosine decay; ``epochs`` may be fractional.
+
+    With a ``teacher`` (a trained model of the same task, kept frozen), the loss mixes the label loss
+    with ``distill`` times the soft-target KL divergence at ``temperature`` (Hinton et al.; DeiT's
+    recipe for data-starved ViTs).
+    """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
@@ -86,6 +91,8 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
         for xb, yb in batches(g):
             out = model(xb)
             loss = nn.functional.cross_entropy(out, yb, label_smoothing=label_smoothing)
+            if teacher is not None:
+                loss = (1 - distill) * loss + distill * _soft_loss(out, teacher, xb, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -102,23 +109,11 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
     return FitResult(step, time.time() - t0, loss_ema)
 
 
-def to_finer_patches(coarse: nn.Module, fine: nn.Module) -> nn.Module:
-    """Copy a ViT trained with a coarse patch into ``fine`` (a smaller patch, more tokens).
-
-    The patch embedding is PI-resized (``resample_patch_embed``) and the position embedding is
-    interpolated to the new grid (``resample_abs_pos_embed``); everything else is copied as is.
-    """
-    enc_c = getattr(coarse, "encoder", coarse)
-    enc_f = getattr(fine, "encoder", fine)
-    state = coarse.state_dict()
-    prefix = "encoder." if enc_c is not coarse else ""
-    w = state[prefix + "patch_embed.proj.weight"]
-    state[prefix + "patch_embed.proj.weight"] = resample_patch_embed(w, list(enc_f.patch_embed.patch_size))
-    state[prefix + "pos_embed"] = resample_abs_pos_embed(
-        state[prefix + "pos_embed"], new_size=list(enc_f.patch_embed.grid_size),
-        old_size=list(enc_c.patch_embed.grid_size), num_prefix_tokens=enc_c.num_prefix_tokens)
-    fine.load_state_dict(state)
-    return fine
+def _soft_loss(out: torch.Tensor, teacher: nn.Module, xb: torch.Tensor, t: float) -> torch.Tensor:
+    with torch.no_grad():
+        target = nn.functional.log_softmax(teacher(xb) / t, dim=1)
+    student = nn.functional.log_softmax(out / t, dim=1)
+    return nn.functional.kl_div(student, target, log_target=True, reduction="batchmean") * t * t
 
 
 def _fmnist(n: int | None = None):
@@ -147,61 +142,71 @@ def recipe_resnet(seed: int, quick: bool, start_from: dict | None = None) -> tup
                    + (" (stage 3 resumed from the stage-2 checkpoint)" if start_from else ""))
 
 
-def _two_stage(name: str, coarse: nn.Module, fine: nn.Module, x, y, seg: bool, e1: float, n2: int, lr: float,
-               seed: int) -> tuple[nn.Module, str]:
-    spe = x.shape[0] // 128
-    fit(coarse, _loader(x, y, 128, True, seg), e1, lr, spe, seed, desc=f"{name} 49 tokens")
-    fine = to_finer_patches(coarse, fine)
-    fit(fine, _loader(x[:n2], y[:n2], 64, True, seg), 1, lr / 4, n2 // 64, seed + 1, desc=f"{name} 196 tokens")
-    route = (f"{e1} epochs on {x.shape[0]} samples at 49 tokens (coarse patch), then PI-resized patch embed + "
-             f"resampled pos embed and 1 epoch on {n2} samples at 196 tokens")
-    return fine, route
+def _teacher() -> nn.Module:
+    """fmnist-resnet, the frozen teacher for distillation (its shipped checkpoint)."""
+    from prunekit.zoo.store import load_state
+    teacher = models.build_resnet()
+    teacher.load_state_dict(load_state("fmnist-resnet"))
+    return teacher.eval()
 
 
-def recipe_vit(seed: int, quick: bool) -> tuple[nn.Module, str]:
-    x, y = _fmnist(1024 if quick else None)
-    return _two_stage("fmnist-vit", models.build_vit(4), models.build_vit(2), x, y, False,
-                      0.1 if quick else 4, 256 if quick else 9600, 1e-3, seed)
+def recipe_vit(seed: int, quick: bool, start_from: dict | None = None) -> tuple[nn.Module, str]:
+    """49 tokens for 4 epochs; PI-resize to 196 tokens; 9,600 images; then 24,000 images distilled from fmnist-resnet.
 
-
-def init_encoder_from_vit(encoder: nn.Module, vit_state: dict) -> nn.Module:
-    """Initialise a segmentation encoder from the image classifier ``fmnist-vit`` (ImageNet-style transfer).
-
-    Blocks, class token, position embedding (same 14x14 grid) and final norm are copied; the patch
-    embedding is PI-resized to the encoder's coarser patch (2 -> 4 px on the 2x larger canvas).
+    ``start_from``: the 196-token state after stage 2 (skips stages 1-2).
     """
-    own = encoder.state_dict()
-    for k, v in vit_state.items():
-        if k == "patch_embed.proj.weight":
-            own[k] = resample_patch_embed(v, list(encoder.patch_embed.patch_size))
-        elif k in own and own[k].shape == v.shape and not k.startswith("head"):
-            own[k] = v
-    encoder.load_state_dict(own)
-    return encoder
+    x, y = _fmnist(1024 if quick else None)
+    e1, n2, n3 = (0.1, 256, 256) if quick else (4, 9600, 24000)
+    fine = models.build_vit(2)
+    if start_from is None:
+        coarse = models.build_vit(4)
+        fit(coarse, _loader(x, y, 128, True), e1, 1e-3, x.shape[0] // 128, seed, desc="fmnist-vit 49 tokens")
+        transfer_vit(coarse.state_dict(), fine, skip=())
+        fit(fine, _loader(x[:n2], y[:n2], 64, True), 1, 2.5e-4, n2 // 64, seed + 1, desc="fmnist-vit 196 tokens")
+    else:
+        fine.load_state_dict(start_from)
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 5))[:n3]
+    fit(fine, _loader(x[idx], y[idx], 64, True), 1, 3e-4, n3 // 64, seed + 3, desc="fmnist-vit distill",
+        teacher=None if quick else _teacher())
+    route = (f"{e1} epochs on {x.shape[0]} samples at 49 tokens (patch 4), then PI-resized patch embed + "
+             f"resampled pos embed and 1 epoch on {n2} samples at 196 tokens (lr 2.5e-4), then 1 epoch on "
+             f"{n3} random samples at 196 tokens distilled from fmnist-resnet (KL at T=2, weight 0.5, lr 3e-4)")
+    return fine, route + (" (stage 3 resumed from the stage-2 checkpoint)" if start_from else "")
 
 
 def recipe_segvit(seed: int, quick: bool) -> tuple[nn.Module, str]:
-    from prunekit.zoo.store import load_state
-    x, y = load_mosaic("train", n=512 if quick else 16000, seed=seed)
-    model = models.build_segvit(4)
-    try:
-        init_encoder_from_vit(model.encoder, load_state("fmnist-vit"))
-        init = "encoder initialised from fmnist-vit (first 8 blocks; patch embed PI-resized 2->4)"
-    except FileNotFoundError:
-        if not quick:
-            raise
-        init = "random init (quick run without fmnist-vit)"
-    epochs = 0.1 if quick else 2
-    fit(model, _loader(x, y, 64, True, seg=True), epochs, 5e-4, x.shape[0] // 64, seed, desc="mosaic-segvit")
-    return model, f"{init}; {epochs} epochs on {x.shape[0]} mosaics at 196 tokens, batch 64, AdamW lr 5e-4"
+    """Pre-train the encoder on Fashion-MNIST at 49 tokens (patch 4, the canvas's item scale), then segment.
+
+    The image classifier has the segmentation encoder's shape (8 blocks, width 96, patch 4): on the
+    28 px items a token covers 4x4 px, exactly as on the 56 px canvas, so only the position embedding
+    is resampled (7x7 -> 14x14), as Segmenter starts from an ImageNet ViT.
+    """
+    xi, yi = _fmnist(1024 if quick else None)
+    e_pre, n_seg, e_seg = (0.1, 512, 0.1) if quick else (3, 16000, 4)
+    pre = models.vit(28, 4, 96, 8, 4, 10)
+    fit(pre, _loader(xi, yi, 128, True), e_pre, 1e-3, xi.shape[0] // 128, seed, desc="mosaic-segvit pretrain")
+    model = transfer_vit(pre.state_dict(), models.build_segvit(4))
+    x, y = load_mosaic("train", n=n_seg, seed=seed)
+    fit(model, _loader(x, y, 64, True, seg=True), e_seg, 5e-4, x.shape[0] // 64, seed + 1, desc="mosaic-segvit")
+    return model, (f"encoder pre-trained {e_pre} epochs on {xi.shape[0]} Fashion-MNIST images at 49 tokens "
+                   f"(8 blocks, patch 4, lr 1e-3), pos embed resampled to 14x14; then {e_seg} epochs on {n_seg} "
+                   "mosaics at 196 tokens, batch 64, AdamW lr 5e-4, flip augmentation")
 
 
 def recipe_vivit(seed: int, quick: bool) -> tuple[nn.Module, str]:
-    x, y = load_motion("train", n=512 if quick else 16000, seed=seed)
-    model = models.build_vivit()
-    epochs = 0.1 if quick else 3
-    fit(model, _loader(x, y, 64, True), epochs, 1e-3, x.shape[0] // 64, seed, desc="motion-vivit")
-    return model, f"{epochs} epochs on {x.shape[0]} clips at 196 tokens, batch 64"
+    """Pre-train on single frames (49 tokens), inflate to tubelets (ViViT's image initialisation), then video."""
+    n, e_pre, e_vid = (512, 0.1, 0.1) if quick else (16000, 4, 4)
+    x, y = load_motion("train", n=n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.cat([x[:, :, k] for k in torch.randperm(x.shape[2], generator=g)[:4].tolist()])
+    labels = y.repeat(4)
+    pre = models.vit(56, 8, 64, 8, 4, 10)
+    fit(pre, _loader(frames, labels, 128, True), e_pre, 1e-3, frames.shape[0] // 128, seed, desc="motion-vivit frames")
+    model = inflate_to_video(pre.state_dict(), models.build_vivit())
+    fit(model, _loader(x, y, 64, True), e_vid, 5e-4, n // 64, seed + 1, desc="motion-vivit")
+    return model, (f"pre-trained {e_pre} epochs on {frames.shape[0]} single frames (4 per clip) at 49 tokens "
+                   f"(patch 8, lr 1e-3), inflated to 2x8x8 tubelets (kernel repeated / 2, spatial pos embed "
+                   f"tiled over time); then {e_vid} epochs on {n} clips at 196 tokens, batch 64, lr 5e-4")
 
 
 RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,

@@ -1,0 +1,74 @@
+"""Weight transfer between ViTs of different patch grids: finer patches, larger canvases, video.
+
+Pure functions on state dicts, used by the training recipes to start a 196-token model from a cheap
+49-token one (the route the Foundation issue allows), in the way ImageNet weights start Segmenter
+and ViViT. Each uses timm's own resampling (``resample_patch_embed`` = FlexiViT's PI-resize,
+``resample_abs_pos_embed``).
+
+>>> from prunekit.zoo.models import vit
+>>> src, dst = vit(28, 4, 32, 2, 2, 10), vit(56, 4, 32, 2, 2, 10)   # 49 -> 196 tokens, same patch
+>>> _ = transfer_vit(src.state_dict(), dst)
+>>> bool((dst.blocks[0].mlp.fc1.weight == src.blocks[0].mlp.fc1.weight).all())
+True
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from torch import nn
+
+__all__ = ["transfer_vit", "inflate_to_video"]
+
+
+def _encoder(model: nn.Module) -> tuple[nn.Module, str]:
+    enc = getattr(model, "encoder", None)
+    return (enc, "encoder.") if enc is not None else (model, "")
+
+
+def transfer_vit(src_state: dict[str, torch.Tensor], dst: nn.Module, skip: tuple[str, ...] = ("head",)) -> nn.Module:
+    """Load a timm ViT state (``src_state``) into ViT ``dst`` whose patch size or grid may differ.
+
+    The patch embedding is PI-resized to ``dst``'s patch, the position embedding is interpolated to
+    ``dst``'s grid (prefix tokens kept), keys starting with ``skip`` (the classifier) are left as
+    initialised, and blocks ``dst`` lacks are dropped (a shallower encoder takes the first blocks).
+    """
+    enc, prefix = _encoder(dst)
+    own = dst.state_dict()
+    grid = list(enc.patch_embed.grid_size)
+    for key, value in src_state.items():
+        name = prefix + key
+        if key.startswith(skip) or name not in own:
+            continue
+        if key == "patch_embed.proj.weight" and value.shape[-2:] != own[name].shape[-2:]:
+            value = resample_patch_embed(value, list(own[name].shape[-2:]))
+        elif key == "pos_embed" and value.shape != own[name].shape:
+            side = int(round((value.shape[1] - enc.num_prefix_tokens) ** 0.5))
+            value = resample_abs_pos_embed(value, new_size=grid, old_size=[side, side],
+                                           num_prefix_tokens=enc.num_prefix_tokens)
+        if value.shape != own[name].shape:
+            raise ValueError(f"transfer_vit: {key} has shape {tuple(value.shape)}, target wants "
+                             f"{tuple(own[name].shape)}")
+        own[name] = value
+    dst.load_state_dict(own)
+    return dst
+
+
+def inflate_to_video(image_state: dict[str, torch.Tensor], video: nn.Module) -> nn.Module:
+    """Start a ViViT (:class:`~prunekit.zoo.models.TubeletEmbed`) from an image ViT on the same frame grid.
+
+    The 2-D patch kernel is repeated over the tubelet's frames and divided by their number, so a
+    static clip embeds exactly as its frame did; the spatial position embedding is tiled over the time
+    steps (time-major token order). Everything else is copied, except the classifier.
+    """
+    state = {k: v for k, v in image_state.items() if not k.startswith("head")}
+    embed = video.patch_embed
+    t = embed.proj.kernel_size[0]
+    state["patch_embed.proj.weight"] = image_state["patch_embed.proj.weight"].unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+    pos = image_state["pos_embed"]
+    npt = video.num_prefix_tokens
+    steps = embed.num_patches // (pos.shape[1] - npt)
+    state["pos_embed"] = torch.cat([pos[:, :npt], pos[:, npt:].repeat(1, steps, 1)], dim=1)
+    own = video.state_dict()
+    own.update(state)
+    video.load_state_dict(own)
+    return video

@@ -1,0 +1,41 @@
+import torch
+
+from prunekit.zoo import models
+from prunekit.zoo.transfer import inflate_to_video, transfer_vit
+
+
+def test_transfer_same_patch_larger_grid_copies_blocks_and_resamples_pos():
+    src, dst = models.vit(28, 4, 32, 2, 2, 10), models.vit(56, 4, 32, 2, 2, 10)
+    transfer_vit(src.state_dict(), dst)
+    assert torch.equal(dst.blocks[1].attn.qkv.weight, src.blocks[1].attn.qkv.weight)
+    assert torch.equal(dst.patch_embed.proj.weight, src.patch_embed.proj.weight)
+    assert dst.pos_embed.shape == (1, 1 + 196, 32)
+    assert torch.equal(dst.pos_embed[:, 0], src.pos_embed[:, 0])  # class token position kept
+    assert not torch.equal(dst.head.weight[:5], src.head.weight[:5])  # classifier left as initialised
+
+
+def test_transfer_into_segmenter_encoder_takes_first_blocks():
+    src = models.vit(28, 4, 96, 12, 4, 10)
+    seg = transfer_vit(src.state_dict(), models.build_segvit(4))
+    assert len(seg.encoder.blocks) == 8
+    assert torch.equal(seg.encoder.blocks[7].mlp.fc2.weight, src.blocks[7].mlp.fc2.weight)
+
+
+def test_transfer_pi_resizes_patch_embed_to_finer_patch():
+    coarse, fine = models.build_vit(4), models.build_vit(2)
+    transfer_vit(coarse.state_dict(), fine, skip=())
+    assert fine.patch_embed.proj.weight.shape[-2:] == (2, 2)
+    assert torch.equal(fine.head.weight, coarse.head.weight)
+
+
+def test_inflated_video_embeds_a_static_clip_as_its_frame():
+    image = models.vit(56, 8, 64, 8, 4, 10)
+    video = inflate_to_video(image.state_dict(), models.build_vivit())
+    frame = torch.randn(2, 1, 56, 56)
+    clip = frame.unsqueeze(2).repeat(1, 1, 8, 1, 1)
+    with torch.no_grad():
+        per_frame = image.patch_embed(frame)  # (2, 49, 64)
+        tokens = video.patch_embed(clip)  # (2, 196, 64), time-major
+        torch.testing.assert_close(tokens, per_frame.repeat(1, 4, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(video.pos_embed[:, 1:], image.pos_embed[:, 1:].repeat(1, 4, 1))
+        assert torch.equal(video.blocks[3].norm1.weight, image.blocks[3].norm1.weight)
