@@ -66,7 +66,8 @@ def run(name: str, kwargs: dict, criteria: list[str], args, rows: list, raw: dic
             dl, pl = latency_pair(dense, m, x64, args.repeats, args.threads)
             row.update(dense_ms=dl, pruned_ms=pl, speedup=round(dl / pl, 3))
             if args.finetune_epochs:
-                ft = finetune(m, name, args.finetune_epochs, samples=args.finetune_samples)
+                ft = finetune(m, name, args.finetune_epochs, samples=args.finetune_samples,
+                              teacher=dense if args.distill else None)
                 row["finetune"] = ft
                 row["finetuned_top1"] = wl.evaluate(m, limit=args.limit)["top1"]
         print(row, flush=True)
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=float, default=1.0)
     ap.add_argument("--finetune-samples", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--distill", action="store_true", help="fine-tune with the dense model as teacher")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--criteria", default=",".join(CRITERIA))
     args = ap.parse_args()
@@ -96,7 +98,8 @@ def main() -> None:
     notes = (f"Latency/throughput: batch 64, {args.threads} threads, median of 3 interleaved runs of "
              f"{args.repeats} repeats, dense and pruned in the same process. Accuracy on "
              f"{'the first ' + str(args.limit) if args.limit else 'all 10000'} test images. Fine-tune: "
-             f"{args.finetune_epochs} epoch(s) on {args.finetune_samples or 60000} training images, "
+             f"{args.finetune_epochs} epoch(s) on {args.finetune_samples or 60000} training images"
+             f"{', distilled from the dense model' if args.distill else ''}, "
              "criterion in the first row of each model only. fmnist-vit: 50% of heads and MLP neurons "
              "per block, residual width kept.")
     names = args.models.split(",")
@@ -105,7 +108,7 @@ def main() -> None:
                  ["model", "criterion", "MACs kept", "params kept", "CPU speedup", "dense top1", "one-shot top1",
                   "fine-tuned top1", "prune s"], rows, notes,
                  setup={"batch_size": 64, "threads": args.threads, "limit": args.limit,
-                        "finetune_epochs": args.finetune_epochs}, raw=raw)
+                        "finetune_epochs": args.finetune_epochs, "distill": args.distill}, raw=raw)
 
 
 if __name__ == "__main__":

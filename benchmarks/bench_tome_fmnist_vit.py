@@ -28,12 +28,17 @@ from prunekit.zoo import load
 NAME = "tome_fmnist_vit"
 
 
+def schedule(method: str, r: int):
+    """``tome``/``drop``: constant r per layer; ``*-dec``: ToMe's linearly decreasing 2r -> 0 (same total)."""
+    return tokens.decreasing(r) if method.endswith("-dec") else tokens.Constant(r)
+
+
 def apply(model, method: str, r: int) -> None:
     tokens.unpatch(model)
-    if method == "tome":
-        tokens.merge(model, r=r)
-    elif method == "drop":
-        tokens.drop(model, r=r)
+    if method.startswith("tome"):
+        tokens.merge(model, r=schedule(method, r))
+    elif method.startswith("drop"):
+        tokens.drop(model, r=schedule(method, r))
 
 
 def main() -> None:
@@ -44,6 +49,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tome-rs", type=int, nargs="+", default=list(range(0, 17)))
     ap.add_argument("--drop-rs", type=int, nargs="+", default=[4, 8, 10, 11, 12, 13, 14, 15, 16])
+    ap.add_argument("--dec-rs", type=int, nargs="*", default=[12, 14, 16],
+                    help="decreasing schedules (2r in the first block -> 0), merged and dropped")
     args = ap.parse_args()
     t0 = time.time()
     torch.set_num_threads(1)
@@ -51,14 +58,15 @@ def main() -> None:
     model = wl.model
     x, _ = load_fashion_mnist("test")
     xb = normalize(x[: args.batch])
-    configs = [("dense", 0)] + [("tome", r) for r in args.tome_rs] + [("drop", r) for r in args.drop_rs]
+    configs = ([("dense", 0)] + [("tome", r) for r in args.tome_rs] + [("drop", r) for r in args.drop_rs]
+               + [("tome-dec", r) for r in args.dec_rs] + [("drop-dec", r) for r in args.dec_rs])
     res: dict = {}
     partial = RESULTS / f"{NAME}.partial.json"
     for method, r in configs:
         apply(model, method, r)
         macs = count_macs(model, (xb[:1],))
         acc = wl.evaluate(model, limit=args.limit)["top1"]
-        n_last = 197 - sum(tokens.Constant(r).per_layer(12, 197, 1)) if method != "dense" else 197
+        n_last = 197 - sum(schedule(method, r).per_layer(12, 197, 1)) if method != "dense" else 197
         res[(method, r)] = {"macs": macs, "top1": acc, "tokens_last": n_last, "times": []}
         print(f"[{time.time() - t0:.0f}s] {method} r={r}: top1={acc} macs={macs} last={n_last}", flush=True)
         partial.write_text(json.dumps({f"{m}:{rr}": v for (m, rr), v in res.items()}, indent=1))
@@ -81,7 +89,7 @@ def main() -> None:
                      round(v["throughput_ratio_wall"], 3)])
     tome = [(r, v) for (m, r), v in res.items() if m == "tome"]
     band = [(r, v) for r, v in tome if 0.60 <= v["macs"] / dense["macs"] <= 0.65]
-    two_x = [(r, v) for r, v in tome if v["throughput_ratio"] >= 2.0]
+    two_x = [(f"{m} {r}", v) for (m, r), v in res.items() if m.startswith("tome") and v["throughput_ratio"] >= 2.0]
     summary = {}
     if band:
         r, v = max(band, key=lambda t: (t[1]["top1"], t[0]))
@@ -89,14 +97,15 @@ def main() -> None:
                                       "drop_pts": round(100 * (dense["top1"] - v["top1"]), 2),
                                       "throughput_ratio": round(v["throughput_ratio"], 3)}
     if two_x:
-        r, v = min(two_x, key=lambda t: t[0])
+        r, v = max(two_x, key=lambda t: t[1]["top1"])
         summary["r_for_2x"] = {"r": r, "drop_pts": round(100 * (dense["top1"] - v["top1"]), 2),
                                "throughput_ratio": round(v["throughput_ratio"], 3)}
     notes = (f"fmnist-vit, top-1 on the first {args.limit} of 10k test images (subset), latency: batch "
              f"{args.batch}, 1 thread, {args.rounds} rounds x {args.repeats} forwards, each config paired with "
              "a dense run; throughput ratio = median of per-round dense/reduced ratios in process CPU time "
              "(robust to preemption on this shared CPU) and in wall clock. 'drop' = top-k "
-             "by class attention with the same per-layer r (same token counts). Summary: "
+             "by class attention with the same per-layer r (same token counts); '-dec' = linearly decreasing "
+             "schedule, 2r in block 1 down to 0 in block 12 (same total merges as constant r). Summary: "
              + json.dumps(summary))
     write_result(NAME, "ToMe on fmnist-vit: accuracy vs MACs and throughput (no retraining), top-k drop reference",
                  ["method", "r", "tokens (last block)", "MACs/img", "MACs ratio", "top1", "drop (pts)",

@@ -6,6 +6,8 @@ the pruned model with ``prunekit.save``.
 """
 from __future__ import annotations
 
+import copy
+
 from prunekit.cli.common import compare, print_result, resolve_model
 
 
@@ -21,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts a multiple of this")
     p.add_argument("--finetune-epochs", type=float, default=0.0, help="built-in fine-tune (zoo classifiers)")
     p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune with the dense model as teacher (knowledge distillation)")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", required=True, help="where to save the pruned model (.safetensors)")
@@ -43,6 +47,7 @@ def run(args) -> int:
     wl = resolve_model(args.model)
     evaluate = (lambda m: wl.evaluate(m, limit=args.limit))
     before = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    teacher = copy.deepcopy(wl.model) if args.finetune_epochs and args.distill else None
     res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
                          importance=args.importance, scope=args.scope,
                          units=tuple(u for u in args.units.split(",") if u), round_to=args.round_to,
@@ -53,7 +58,8 @@ def run(args) -> int:
     if args.finetune_epochs:
         from prunekit.structured.finetune import finetune
         base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
-        info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples)
+        info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples,
+                                    teacher=teacher)
     after = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     result = compare(before, after)
     result["model"] = wl.name

@@ -16,10 +16,12 @@ FINETUNE_LR = {"fmnist-resnet": 1e-3, "fmnist-vit": 3e-4}
 
 
 def finetune(model: nn.Module, workload_name: str, epochs: float = 1.0, lr: float | None = None,
-             batch: int = 128, samples: int | None = None, seed: int = 0) -> dict:
+             batch: int = 128, samples: int | None = None, seed: int = 0, teacher: nn.Module | None = None) -> dict:
     """Fine-tune a pruned zoo classifier for ``epochs`` (may be fractional) of Fashion-MNIST.
 
-    ``samples`` limits the training set to its first N images. Returns steps, seconds and last loss.
+    ``samples`` limits the training set to its first N images. ``teacher`` (typically the dense model
+    before pruning) adds knowledge distillation: half the loss is the KL divergence to its softened
+    outputs. Returns steps, seconds and last loss.
     """
     from prunekit.data import load_fashion_mnist
     from prunekit.zoo.train import _loader, fit
@@ -30,8 +32,10 @@ def finetune(model: nn.Module, workload_name: str, epochs: float = 1.0, lr: floa
         x, y = x[:samples], y[:samples]
     steps_per_epoch = max(1, x.shape[0] // batch)
     res = fit(model, _loader(x, y, batch, True), epochs, lr or FINETUNE_LR[workload_name], steps_per_epoch,
-              seed, weight_decay=5e-4 if "resnet" in workload_name else 0.05, desc=f"fine-tune {workload_name}")
+              seed, weight_decay=5e-4 if "resnet" in workload_name else 0.05, desc=f"fine-tune {workload_name}",
+              teacher=teacher.eval() if teacher is not None else None)
     model.eval()
     return {"epochs": epochs, "steps": res.steps, "seconds": round(res.seconds, 1),
             "last_loss": round(res.last_loss, 4),
-            "lr": lr or FINETUNE_LR[workload_name], "batch": batch, "train_samples": int(x.shape[0])}
+            "lr": lr or FINETUNE_LR[workload_name], "batch": batch, "train_samples": int(x.shape[0]),
+            "distilled": teacher is not None}
