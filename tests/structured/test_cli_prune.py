@@ -28,3 +28,11 @@ def test_cli_prune_target_macs(tmp_path, capsys):
     main(["prune", "timm:test_vit", "--target-macs", "0.6", "--out", str(out), "--json", "--repeats", "2"])
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert abs(res["ratios"]["macs"] - 0.6) <= 0.02 * 0.6
+
+
+def test_cli_prune_on_failure_skip_reports_what_it_left(tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    main(["prune", "timm:test_resnet", "--ratio", "0.3", "--on-failure", "skip", "--out", str(out), "--json",
+          "--repeats", "1"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["prune"]["skipped"] == [] and res["ratios"]["macs"] <= 0.8

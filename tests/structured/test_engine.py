@@ -265,3 +265,24 @@ def test_unknown_op_is_left_alone():
     prunekit.prune(net, (torch.randn(2, 6),), ratio=0.5)
     assert net.a.out_features == 12
     assert torch.allclose(outputs(net, (torch.ones(2, 6),))[0], outputs(ref, (torch.ones(2, 6),))[0])
+
+
+def test_on_failure_skip_leaves_the_failing_class_as_is_and_prunes_the_rest():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), HardCodedWidth(16), nn.Conv2d(16, 8, 3),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    res = prunekit.prune(net, (torch.randn(1, 3, 12, 12),), ratio=0.5, on_failure="skip")
+    assert net[3].scale.shape == (16,) and net[0].out_channels == 16  # coupled to the hard-coded width
+    assert net[4].out_channels == 4 and net(torch.randn(1, 3, 12, 12)).shape == (1, 4, 8, 8)
+    assert [s["module"] for s in res.skipped] == ["3"] and res.skipped[0]["class"].endswith("HardCodedWidth")
+    assert "left as is" in str(res) and res.to_dict()["skipped"] == res.skipped
+
+
+def test_on_failure_skip_never_skips_torch_layers_and_rejects_unknown_modes():
+    from prunekit.structured.api import _skippable
+    net = nn.Sequential(nn.Linear(4, 8), HardCodedWidth(8))
+    assert _skippable(net, PruningError("0", "prune channels", "x")) is None  # nn.Linear: the cause is elsewhere
+    assert _skippable(net, PruningError("1", "prune channels", "x")) is HardCodedWidth
+    assert _skippable(net, PruningError("<model>", "prune channels", "x")) is None
+    with pytest.raises(ValueError, match="on_failure"):
+        prunekit.prune(net, (torch.randn(2, 4),), ratio=0.5, on_failure="ignore")

@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--scope", default="global", choices=["global", "local"])
     p.add_argument("--units", default="channels,heads", help="comma list of channels,heads")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts a multiple of this")
+    p.add_argument("--on-failure", default="raise", choices=["raise", "skip"],
+                   help="skip: leave module classes whose forward breaks as they are, and prune the rest")
     p.add_argument("--finetune-epochs", type=float, default=0.0, help="built-in fine-tune (zoo classifiers)")
     p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
     p.add_argument("--distill", action="store_true",
@@ -51,10 +53,10 @@ def run(args) -> int:
     res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
                          importance=args.importance, scope=args.scope,
                          units=tuple(u for u in args.units.split(",") if u), round_to=args.round_to,
-                         calib=_calib(wl) if args.importance == "taylor" else None)
+                         calib=_calib(wl) if args.importance == "taylor" else None, on_failure=args.on_failure)
     info = {"seconds": round(res.seconds, 3), "groups": len(res.decisions),
             "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": args.importance,
-            "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope}
+            "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope, "skipped": res.skipped}
     if args.finetune_epochs:
         from prunekit.structured.finetune import finetune
         base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)

@@ -50,6 +50,7 @@ class PruneResult:
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
     ratio: float | None = None
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def macs_ratio(self) -> float:
@@ -68,12 +69,15 @@ class PruneResult:
             lines.append(f"  group {d['group']} ({d['unit']}): {d['size']} -> {d['kept']}  [{d['members'][0]}, ...]")
         if len(pruned) > 20:
             lines.append(f"  ... {len(pruned) - 20} more")
+        for sk in self.skipped:
+            lines.append(f"  left as is: every {sk['class']} (first failure in {sk['module']}: {sk['reason']})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"params_before": self.params_before, "params_after": self.params_after,
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "seconds": round(self.seconds, 3),
-                "decisions": [{k: v for k, v in d.items() if k != "removed_index"} for d in self.decisions]}
+                "decisions": [{k: v for k, v in d.items() if k != "removed_index"} for d in self.decisions],
+                "skipped": self.skipped}
 
 
 class GroupList(list):
@@ -109,6 +113,7 @@ def _apply_ignore(model: nn.Module, tr: TraceResult, ignore: Iterable) -> None:
             if hit:
                 prefix = f"{path}." if path else ""
                 names += [prefix + n for n, _ in m.named_parameters()]
+                names += [prefix + n for n, _ in m.named_buffers()]  # e.g. a fixed blur filter
         if isinstance(ent, str):
             names += [n for n in tr.param_labels if n == ent]
     tr.fix_params(names)
@@ -235,10 +240,13 @@ def _shapes(out: Any) -> list[tuple]:
     return [tuple(t.shape) for t in _tensors(out)]
 
 
+MAX_SKIPPED_CLASSES = 8  # on_failure="skip": give up after this many module classes were left as they are
+
+
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, target_macs: float | None = None,
           importance: str | Importance | Callable = "l2", scope: str = "global",
           units: Iterable[str] = ("channels", "heads"), ignore: Iterable = (), round_to: int | None = None,
-          calib: Any = None, max_group_ratio: float = MAX_GROUP_RATIO) -> PruneResult:
+          calib: Any = None, max_group_ratio: float = MAX_GROUP_RATIO, on_failure: str = "raise") -> PruneResult:
     """Remove the least important channels, neurons and heads of ``model`` in place.
 
     Exactly one of ``ratio`` (fraction of units removed) or ``target_macs`` (fraction of MACs kept,
@@ -246,12 +254,48 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     paths or parameter names whose dimensions stay as they are. The model's outputs keep their
     shape; on failure the model is restored and :class:`prunekit.PruningError` is raised.
 
+    ``on_failure="skip"`` instead leaves every module of the failing module's class as it is and
+    tries again (a custom module that hard-codes a width is typical); ``result.skipped`` lists
+    them. Failures inside torch's own layers are still raised: their cause lies elsewhere.
+
     >>> import torch, prunekit
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
     >>> res = prunekit.prune(net, (torch.randn(2, 8),), ratio=0.25, scope="local")
     >>> net[0].out_features, net(torch.randn(2, 8)).shape
     (24, torch.Size([2, 4]))
     """
+    if on_failure not in ("raise", "skip"):
+        raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
+    kwargs = dict(ratio=ratio, target_macs=target_macs, importance=importance, scope=scope, units=units,
+                  round_to=round_to, calib=calib, max_group_ratio=max_group_ratio)
+    ignore = list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
+    skipped: list[dict] = []
+    t0 = time.perf_counter()
+    while True:
+        try:
+            res = _prune_once(model, example_inputs, ignore=ignore + [s_["type"] for s_ in skipped], **kwargs)
+        except PruningError as e:
+            cls = _skippable(model, e) if on_failure == "skip" else None
+            if cls is None or any(s_["type"] is cls for s_ in skipped) or len(skipped) >= MAX_SKIPPED_CLASSES:
+                raise
+            skipped.append({"type": cls, "class": f"{cls.__module__}.{cls.__qualname__}", "module": e.module,
+                            "reason": e.reason})
+            continue
+        res.skipped = [{k: v for k, v in s_.items() if k != "type"} for s_ in skipped]
+        res.seconds = time.perf_counter() - t0
+        return res
+
+
+def _skippable(model: nn.Module, err: PruningError) -> type | None:
+    """The class of the module a failure happened in, unless it is one of torch's own layers."""
+    mod = dict(model.named_modules()).get(err.module) if err.module and err.module != "<model>" else None
+    if mod is None or type(mod).__module__.startswith("torch.nn"):
+        return None
+    return type(mod)
+
+
+def _prune_once(model: nn.Module, example_inputs: Any, *, ratio, target_macs, importance, scope, units, ignore,
+                round_to, calib, max_group_ratio) -> PruneResult:
     t0 = time.perf_counter()
     if (ratio is None) == (target_macs is None):
         raise ValueError("give exactly one of ratio= or target_macs=")
