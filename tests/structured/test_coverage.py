@@ -28,8 +28,6 @@ TIMM = {  # name -> create_model kwargs, input size
 # Known shortfalls, kept visible: the forward stays intact but MACs stay above 0.8x.
 KNOWN_WEAK = {
     "test_efficientnet_evos": "EvoNorm reshapes channels into groups for its statistics: those channels are kept",
-    "test_vit_relpos": "RelPosAttention reshapes its output to the input width: its dims are kept",
-    "swin_t": "torchvision ShiftedWindowAttention derives head_dim from the input width: only MLPs are pruned",
 }
 
 

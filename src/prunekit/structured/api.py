@@ -31,6 +31,7 @@ from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_mod
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.importance import Importance, get_importance
 from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes
+from prunekit.structured.width_free import swap_width_free
 
 __all__ = ["prune", "groups", "PruneResult", "GroupList"]
 
@@ -121,9 +122,7 @@ def _apply_ignore(model: nn.Module, tr: TraceResult, ignore: Iterable) -> None:
 
 # Modules whose forward derives sizes in ways the surgery cannot update: their dims are kept.
 UNSUPPORTED = {
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": "head_dim = input width // num_heads",
     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": "head_dim = input width // num_heads",
-    "timm.models.vision_transformer_relpos.RelPosAttention": "output reshaped to the input width",
     "timm.layers.attention_pool.AttentionPoolLatent": "output reshaped to the input width",
 }
 
@@ -271,12 +270,19 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     ignore = list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
     skipped: list[dict] = []
     t0 = time.perf_counter()
+    # forwards that read sizes from the input width get ones that read them from the weights (same outputs),
+    # before tracing, so the trace sees their heads; undone if pruning fails
+    classes = [(m, m.__class__) for m in model.modules()]
+    for m in model.modules():
+        swap_width_free(m)
     while True:
         try:
             res = _prune_once(model, example_inputs, ignore=ignore + [s_["type"] for s_ in skipped], **kwargs)
-        except PruningError as e:
-            cls = _skippable(model, e) if on_failure == "skip" else None
+        except Exception as e:
+            cls = _skippable(model, e) if on_failure == "skip" and isinstance(e, PruningError) else None
             if cls is None or any(s_["type"] is cls for s_ in skipped) or len(skipped) >= MAX_SKIPPED_CLASSES:
+                for m, c in classes:
+                    m.__class__ = c
                 raise
             skipped.append({"type": cls, "class": f"{cls.__module__}.{cls.__qualname__}", "module": e.module,
                             "reason": e.reason})
