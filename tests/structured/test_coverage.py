@@ -27,7 +27,6 @@ TIMM = {  # name -> create_model kwargs, input size
 
 # Known shortfalls, kept visible: the forward stays intact but MACs stay above 0.8x.
 KNOWN_WEAK = {
-    "test_efficientnet_evos": "EvoNorm reshapes channels into groups for its statistics: those channels are kept",
 }
 
 

@@ -286,3 +286,25 @@ def test_on_failure_skip_never_skips_torch_layers_and_rejects_unknown_modes():
     assert _skippable(net, PruningError("<model>", "prune channels", "x")) is None
     with pytest.raises(ValueError, match="on_failure"):
         prunekit.prune(net, (torch.randn(2, 4),), ratio=0.5, on_failure="ignore")
+
+
+class GroupStatNorm(nn.Module):
+    """EvoNorm-style: divide by a per-group std computed through reshape(B, groups, C // groups, H, W)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        std = x.reshape(b, self.groups, c // self.groups, h, w).var(dim=(2, 3, 4), keepdim=True).add(1e-5).sqrt()
+        return x / std.expand(b, self.groups, c // self.groups, h, w).reshape(b, c, h, w)
+
+
+def test_group_statistics_keep_their_group_count_and_lose_channels_inside_groups():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), GroupStatNorm(4), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    prunekit.prune(net, (x,), ratio=0.5, scope="local")
+    assert net[0].out_channels == 8 and net[1].groups == 4  # 2 of 4 channels left in each of the 4 groups
+    assert net(x).shape == (2, 4, 8, 8)

@@ -553,10 +553,13 @@ class _Tracer(TorchDispatchMode):
                 if s % prod or sn % need:
                     ok = False
                     break
+                was_leaf_channel = g.defn[g.find(n)] is None and "channel" in g.kinds[g.find(n)]
                 parts = g.split(n, need, ("split",))
                 if parts is None:
                     ok = False
                     break
+                if was_leaf_channel:  # (outer literal, inner = C // outer): the inner part stays prunable,
+                    g.kinds[g.find(parts[1])] = {"channel", "inner"}  # as in x.reshape(B, groups, C // groups)
                 stream[0:1] = [p for p in parts if g.size[g.find(p)] != 1]
             if not ok or prod != s:
                 ok = False
@@ -573,7 +576,8 @@ class _Tracer(TorchDispatchMode):
         off = out.dim() - x.dim()
         labels = [self.g.fresh_label(s) for s in out.shape[:off]]
         for i, s in enumerate(x.shape):
-            labels.append(lb[i] if s == out.shape[i + off] else self.g.fresh_label(out.shape[i + off]))
+            # a broadcast dim takes whatever its consumer keeps (e.g. a group statistic expanded over channels)
+            labels.append(lb[i] if s == out.shape[i + off] else self.g.fresh_label(out.shape[i + off], fixed=False))
         self.set(out, labels)
 
     def op_permute(self, func, args, kwargs, out):
