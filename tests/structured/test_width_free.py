@@ -6,8 +6,7 @@ import torchvision
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 import prunekit
-from prunekit.structured.width_free import (PrunedRelPosAttention, PrunedShiftedWindowAttention,
-                                            swap_width_free)
+from prunekit.structured.width_free import PrunedRelPosAttention, PrunedShiftedWindowAttention, swap_width_free
 
 
 @pytest.mark.parametrize("shift,size", [([0, 0], 8), ([2, 2], 8), ([2, 2], 10), ([2, 1], 7)])
