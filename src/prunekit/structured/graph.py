@@ -553,7 +553,10 @@ class _Tracer(TorchDispatchMode):
                 if s % prod or sn % need:
                     ok = False
                     break
-                was_leaf_channel = g.defn[g.find(n)] is None and "channel" in g.kinds[g.find(n)]
+                # only for the channel dim of a feature map (N, C, ...): token widths split into heads keep
+                # their literal head sizes (manual attention reshapes with them)
+                was_leaf_channel = (x.dim() >= 4 and n in self.lab(x)[1] and g.defn[g.find(n)] is None
+                                    and "channel" in g.kinds[g.find(n)])
                 parts = g.split(n, need, ("split",))
                 if parts is None:
                     ok = False
