@@ -68,3 +68,15 @@ def test_failed_prune_restores_the_original_classes():
     with pytest.raises(prunekit.PruningError):
         prunekit.prune(model, (torch.randn(1, 8, 8, 32),), ratio=0.5)
     assert type(model[0]) is ShiftedWindowAttention
+
+
+def test_shared_relative_position_bias_is_left_as_is():
+    """vit_srelpos passes one bias to every block: their heads cannot differ, so attention stays intact."""
+    from timm.models.vision_transformer_relpos import RelPosAttention
+    torch.manual_seed(0)
+    model = timm.create_model("vit_srelpos_small_patch16_224", img_size=64, depth=2).eval()
+    x = torch.randn(1, 3, 64, 64)
+    heads = model.blocks[0].attn.num_heads
+    prunekit.prune(model, (x,), ratio=0.3)
+    assert type(model.blocks[0].attn) is RelPosAttention and model.blocks[0].attn.num_heads == heads
+    assert model(x).shape == (1, 1000)

@@ -31,7 +31,7 @@ from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_mod
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.importance import Importance, get_importance
 from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes
-from prunekit.structured.width_free import swap_width_free
+from prunekit.structured.width_free import SWAPS, swap_width_free
 
 __all__ = ["prune", "groups", "PruneResult", "GroupList"]
 
@@ -130,7 +130,7 @@ UNSUPPORTED = {
 def _unsupported(model: nn.Module, tr: TraceResult) -> None:
     names = []
     for path, m in model.named_modules():
-        if f"{type(m).__module__}.{type(m).__qualname__}" in UNSUPPORTED:
+        if f"{type(m).__module__}.{type(m).__qualname__}" in UNSUPPORTED or type(m) in SWAPS:  # not swappable
             names += [f"{path}.{n}" if path else n for n, _ in m.named_parameters()]
     tr.fix_params(names)
 

@@ -100,5 +100,7 @@ def swap_width_free(module: nn.Module) -> bool:
     target = SWAPS.get(type(module))
     if target is None:
         return False
+    if target is PrunedRelPosAttention and module.rel_pos is None:
+        return False  # a bias shared by all blocks (vit_srelpos) ties every block's heads: left as is
     module.__class__ = target
     return True
