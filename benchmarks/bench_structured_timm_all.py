@@ -2,16 +2,19 @@
 
 Pass = ``prune(ratio=0.3)`` returns, the forward still runs, every output keeps its shape and is
 finite, and MACs drop to <= 0.8x. Each model is built with random weights at the default input
-size of its ``pretrained_cfg``, batch 1, with a per-model time limit. ``--sample N`` takes every
-k-th name of the sorted list (a deterministic sample) when the whole list does not fit in the time available.
+size of its ``pretrained_cfg``, batch 1, with a per-model time and memory limit. ``--sample N`` takes
+every k-th name of the sorted list (a deterministic sample) when the whole list does not fit in the time
+available. Each finished model is appended to ``results/structured_timm_all.partial.jsonl``; ``--resume``
+skips the models already there, so the whole list can be run in pieces.
 
-    python benchmarks/bench_structured_timm_all.py --sample 200 --timeout 60
+    python benchmarks/bench_structured_timm_all.py --workers 2 --timeout 30 --max-gb 9 --resume
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import resource
 import sys
 import time
 from pathlib import Path
@@ -20,7 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, write_result  # noqa: E402
 
 
-def _one(name: str, queue) -> None:
+def _one(name: str, queue, max_gb: float = 0.0) -> None:
+    if max_gb:  # a model too large for this machine fails with MemoryError instead of swapping it to death
+        limit = int(max_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import timm
     import torch
 
@@ -35,8 +41,12 @@ def _one(name: str, queue) -> None:
         x = torch.randn(1, *cfg_size)
         with torch.no_grad():
             ref = [t.shape for t in _tensors(model(x))]
+    except MemoryError:
+        queue.put({"name": name, "status": "too_large", "error": f"needs more than {max_gb} GB to build and run"})
+        return
     except Exception as e:  # noqa: BLE001
-        queue.put({"name": name, "status": "build_error", "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        status = "too_large" if "memory" in str(e).lower() else "build_error"
+        queue.put({"name": name, "status": status, "error": f"{type(e).__name__}: {str(e)[:200]}"})
         return
     try:
         res = prunekit.prune(model, (x,), ratio=0.3)
@@ -64,10 +74,49 @@ def _one(name: str, queue) -> None:
         queue.put(r)
 
 
+def _run_all(names: list[str], timeout: float, workers: int, max_gb: float, partial: Path) -> list[dict]:
+    """Run ``_one`` for each name in up to ``workers`` processes; append each result to ``partial``."""
+    ctx = mp.get_context("fork")
+    todo, live, results = list(names), [], []
+    with partial.open("a") as fh:
+        while todo or live:
+            while todo and len(live) < workers:
+                name = todo.pop(0)
+                q = ctx.Queue()
+                p = ctx.Process(target=_one, args=(name, q, max_gb))
+                p.start()
+                live.append((name, p, q, time.monotonic()))
+            time.sleep(0.05)
+            for item in list(live):
+                name, p, q, t0 = item
+                r = None
+                if not q.empty():
+                    r = q.get()
+                    p.join(5)
+                    if p.is_alive():
+                        p.kill()
+                elif not p.is_alive():
+                    r = q.get() if not q.empty() else {"name": name, "status": "crash", "exitcode": p.exitcode}
+                elif time.monotonic() - t0 > timeout:
+                    p.kill()
+                    p.join()
+                    r = {"name": name, "status": "timeout"}
+                if r is not None:
+                    live.remove(item)
+                    print(json.dumps(r), flush=True)
+                    fh.write(json.dumps(r) + "\n")
+                    fh.flush()
+                    results.append(r)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", type=int, default=0, help="every k-th model so that about N are tried (0: all)")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--workers", type=int, default=1, help="models run at once, one torch thread each")
+    ap.add_argument("--max-gb", type=float, default=0.0, help="address-space limit per model (0: none)")
+    ap.add_argument("--resume", action="store_true", help="keep the results already in the partial file")
     ap.add_argument("--names", default="", help="comma list instead of list_models()")
     args = ap.parse_args()
     import timm
@@ -76,41 +125,38 @@ def main() -> None:
     if args.sample and args.sample < total:
         step = total / args.sample
         names = [names[int(i * step)] for i in range(args.sample)]
-    ctx = mp.get_context("fork")
-    results = []
-    partial = RESULTS / "structured_timm_all.partial.jsonl"
     RESULTS.mkdir(exist_ok=True)
-    with partial.open("w") as fh:
-        for name in names:
-            q = ctx.Queue()
-            p = ctx.Process(target=_one, args=(name, q))
-            p.start()
-            p.join(args.timeout)
-            if p.is_alive():
-                p.kill()
-                p.join()
-                r = {"name": name, "status": "timeout"}
-            else:
-                r = q.get() if not q.empty() else {"name": name, "status": "crash", "exitcode": p.exitcode}
-            print(json.dumps(r), flush=True)
-            fh.write(json.dumps(r) + "\n")
-            results.append(r)
+    partial = RESULTS / "structured_timm_all.partial.jsonl"
+    done = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()] \
+        if args.resume and partial.is_file() else []
+    if not args.resume:
+        partial.unlink(missing_ok=True)
+    wanted = set(names)
+    done = [r for r in done if r["name"] in wanted]
+    seen = {r["name"] for r in done}
+    results = done + _run_all([n for n in names if n not in seen], args.timeout, args.workers, args.max_gb, partial)
+    results.sort(key=lambda r: r["name"])
     counts: dict[str, int] = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    tried = len(results) - counts.get("build_error", 0) - counts.get("timeout", 0)
+    untried = sum(counts.get(k, 0) for k in ("build_error", "timeout", "too_large"))
+    tried = len(results) - untried
     rate = counts.get("pass", 0) / max(1, tried)
     passed_skip = counts.get("pass", 0) + sum(1 for r in results if r.get("status_skip") == "pass")
     rows = [[k, v] for k, v in sorted(counts.items())] + [
         ["pass rate (of models that built and finished)", round(rate, 3)],
-        ['pass rate with on_failure="skip" (errors retried)', round(passed_skip / max(1, tried), 3)]]
+        ['pass rate with on_failure="skip" (errors retried)', round(passed_skip / max(1, tried), 3)],
+        ["pass rate of every model run (untried ones count as failures)",
+         round(counts.get("pass", 0) / max(1, len(results)), 3)]]
     write_result("structured_timm_all", "prune(ratio=0.3) over timm list_models()", ["outcome", "models"], rows,
                  f"{len(results)} of {total} timm models ({'every k-th, deterministic' if args.sample else 'all'}), "
-                 f"random weights, default input size, batch 1, {args.timeout:.0f}s limit per model. pass: forward "
+                 f"random weights, default input size, batch 1, {args.timeout:.0f}s and "
+                 f"{args.max_gb or 'no'} GB limit per model, {args.workers} at once. pass: forward "
                  "intact, shapes unchanged, finite, MACs <= 0.8x; weak: intact but MACs > 0.8x; broken: output "
                  "changed shape; error: PruningError or other exception (model left unchanged); each error is "
                  "retried with on_failure='skip', which leaves the failing module classes as they are.",
-                 setup={"sample": args.sample, "timeout_s": args.timeout, "threads": 1},
+                 setup={"sample": args.sample, "timeout_s": args.timeout, "threads": 1, "workers": args.workers,
+                        "max_gb": args.max_gb},
                  raw={"results": results})
     partial.unlink(missing_ok=True)
 
