@@ -51,10 +51,14 @@ class Step:
     apply: Callable[[torch.nn.Module, Workload], torch.nn.Module]
 
 
-def _prune(**kw):
+def _prune(finetune_epochs: float = 0.0, **kw):
+    """Structured pruning; with ``finetune_epochs``, then the built-in fine-tune distilled from the dense model."""
     def apply(m, wl):
         import prunekit
         prunekit.prune(m, wl.example_inputs, **kw)
+        if finetune_epochs:
+            from prunekit.structured.finetune import finetune
+            finetune(m, wl.name, finetune_epochs, teacher=wl.model)
         return m
     return apply
 
@@ -87,6 +91,8 @@ def _merge(r):
 
 STEPS: tuple[Step, ...] = (
     Step("fmnist-resnet", "structured: 50% MACs (l2, one-shot)", _prune(target_macs=0.5)),
+    Step("fmnist-resnet", "structured: 50% MACs (l2) + 0.2-epoch distilled fine-tune",
+         _prune(0.2, target_macs=0.5)),
     Step("fmnist-resnet", "sparsity 70% magnitude", _sparsify(0.7)),
     Step("fmnist-vit", "structured: ratio 0.3, channels+heads (l2, one-shot)", _prune(ratio=0.3)),
     Step("fmnist-vit", "sparsity 50% magnitude", _sparsify(0.5)),

@@ -1,0 +1,26 @@
+"""The demo's steps: pruning with the built-in distilled fine-tune leaves the dense teacher untouched."""
+import copy
+
+import pytest
+import torch
+
+from prunekit.demo import _prune
+from prunekit.measure import count_macs
+from prunekit.zoo import load, read_manifest
+
+
+@pytest.mark.skipif("fmnist-resnet" not in read_manifest(), reason="no fmnist-resnet checkpoint shipped")
+def test_prune_then_distilled_finetune_step():
+    wl = load("fmnist-resnet")
+    dense_state = copy.deepcopy(wl.model.state_dict())
+    x = wl.example_inputs
+    oneshot = _prune(target_macs=0.5)(copy.deepcopy(wl.model), wl)
+    tuned = _prune(0.003, target_macs=0.5)(copy.deepcopy(wl.model), wl)
+    macs = count_macs(wl.model, x)
+    assert count_macs(tuned, x) == count_macs(oneshot, x)
+    assert abs(count_macs(tuned, x) / macs - 0.5) <= 0.02
+    # the fine-tune moved the pruned weights; the teacher (the workload's dense model) did not move
+    assert not torch.equal(tuned.fc.weight, oneshot.fc.weight)
+    for k, v in wl.model.state_dict().items():
+        assert torch.equal(v, dense_state[k]), k
+    assert not wl.model.training and not tuned.training
