@@ -194,19 +194,26 @@ def recipe_segvit(seed: int, quick: bool) -> tuple[nn.Module, str]:
 
 
 def recipe_vivit(seed: int, quick: bool) -> tuple[nn.Module, str]:
-    """Pre-train on single frames (49 tokens), inflate to tubelets (ViViT's image initialisation), then video."""
-    n, e_pre, e_vid = (512, 0.1, 0.1) if quick else (16000, 4, 4)
+    """Pre-train on single frames (49 tokens), inflate to tubelets (ViViT's image initialisation), then video.
+
+    One clip per Fashion-MNIST training item (60,000 distinct garments); two random frames of each
+    clip are the pre-training images, so the frame model sees every item at two positions.
+    """
+    n, per_clip, e_pre, e_vid = (512, 2, 0.1, 0.1) if quick else (60000, 2, 4, 2.5)
     x, y = load_motion("train", n=n, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    frames = torch.cat([x[:, :, k] for k in torch.randperm(x.shape[2], generator=g)[:4].tolist()])
-    labels = y.repeat(4)
+    picks = torch.stack([torch.randperm(x.shape[2], generator=g)[:per_clip] for _ in range(n)])
+    frames = torch.cat([x[torch.arange(n), :, picks[:, k]] for k in range(per_clip)])
+    labels = y.repeat(per_clip)
     pre = models.vit(56, 8, 64, 8, 4, 10)
     fit(pre, _loader(frames, labels, 128, True), e_pre, 1e-3, frames.shape[0] // 128, seed, desc="motion-vivit frames")
+    del frames
     model = inflate_to_video(pre.state_dict(), models.build_vivit())
     fit(model, _loader(x, y, 64, True), e_vid, 5e-4, n // 64, seed + 1, desc="motion-vivit")
-    return model, (f"pre-trained {e_pre} epochs on {frames.shape[0]} single frames (4 per clip) at 49 tokens "
-                   f"(patch 8, lr 1e-3), inflated to 2x8x8 tubelets (kernel repeated / 2, spatial pos embed "
-                   f"tiled over time); then {e_vid} epochs on {n} clips at 196 tokens, batch 64, lr 5e-4")
+    return model, (f"pre-trained {e_pre} epochs on {n * per_clip} single frames ({per_clip} random frames of "
+                   f"each of {n} clips) at 49 tokens (patch 8, lr 1e-3, batch 128), inflated to 2x8x8 tubelets "
+                   f"(kernel repeated / 2, spatial pos embed tiled over time); then {e_vid} epochs on {n} clips "
+                   "at 196 tokens, batch 64, lr 5e-4")
 
 
 RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,
