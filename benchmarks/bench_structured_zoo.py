@@ -7,11 +7,16 @@
   width kept): CPU throughput at batch 64, one-shot and fine-tuned top-1.
 
     python benchmarks/bench_structured_zoo.py --limit 2000 --finetune-epochs 0.3
+
+``--speed-only`` re-prunes with the first criterion (deterministic), checks the MACs kept against the
+existing JSON, and re-measures only the speed columns, with ``--rounds`` interleaved rounds; the
+accuracy and fine-tune results already in the JSON stay as they are.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,11 +25,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result  # noqa: E402
+from common import RESULTS, write_result  # noqa: E402
 
 import prunekit  # noqa: E402
 from prunekit.data import load_fashion_mnist, normalize  # noqa: E402
-from prunekit.measure import count_macs, count_params, measure_latency  # noqa: E402
+from prunekit.measure import compare_latency, count_macs, count_params  # noqa: E402
 from prunekit.structured.finetune import finetune  # noqa: E402
 from prunekit.zoo import load  # noqa: E402
 
@@ -36,13 +41,38 @@ def calib_batches(n: int = 256, batch: int = 64):
     return [(normalize(x[i:i + batch]), y[i:i + batch]) for i in range(0, n, batch)]
 
 
-def latency_pair(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeats: int, threads: int):
-    """Interleaved dense/pruned timings, so background load hits both alike."""
-    d, p = [], []
-    for _ in range(3):
-        d.append(measure_latency(dense, (x,), warmup=2, repeats=repeats, num_threads=threads)["latency_ms"])
-        p.append(measure_latency(pruned, (x,), warmup=2, repeats=repeats, num_threads=threads)["latency_ms"])
-    return sorted(d)[1], sorted(p)[1]
+def latency_pair(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, repeats: int, threads: int,
+                 rounds: int = 3):
+    """Interleaved dense/pruned timings (median of ``rounds`` round medians), so background load hits both alike."""
+    med = compare_latency({"dense": dense, "pruned": pruned}, (x,), rounds, 2, repeats, threads)
+    return med["dense"], med["pruned"]
+
+
+def speed_only(name: str, kwargs: dict, crit: str, args) -> None:
+    """Re-measure dense vs pruned speed for ``name`` and update its existing JSON in place."""
+    path = RESULTS / f"structured_{name.replace('fmnist-', '')}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist; run without --speed-only first")
+    doc = json.loads(path.read_text())
+    row = doc["raw"][name][crit]
+    wl = load(name)
+    x64 = normalize(load_fashion_mnist("test")[0][:64])
+    m = copy.deepcopy(wl.model)
+    prunekit.prune(m, wl.example_inputs, importance=crit, **kwargs)
+    kept = round(count_macs(m, (x64,)) / count_macs(wl.model, (x64,)), 3)
+    if kept != row["macs_kept"]:
+        raise SystemExit(f"MACs kept {kept} != {row['macs_kept']} in {path}: the pruned model changed; rerun fully")
+    dl, pl = latency_pair(wl.model, m, x64, args.repeats, args.threads, args.rounds)
+    row.update(dense_ms=dl, pruned_ms=pl, speedup=round(dl / pl, 3),
+               speed_remeasured={"rounds": args.rounds, "repeats": args.repeats, "threads": args.threads,
+                                 "command": "python " + " ".join(sys.argv)})
+    for r in doc["table"]["rows"]:
+        if r[0] == name and r[1] == crit:
+            r[4] = row["speedup"]
+    doc["notes"] += (f" Speed re-measured with --speed-only: median of {args.rounds} interleaved rounds of "
+                     f"{args.repeats} repeats, {args.threads} threads.")
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(name, crit, row["dense_ms"], row["pruned_ms"], row["speedup"])
 
 
 def run(name: str, kwargs: dict, criteria: list[str], args, rows: list, raw: dict) -> None:
@@ -63,7 +93,7 @@ def run(name: str, kwargs: dict, criteria: list[str], args, rows: list, raw: dic
                "params_kept": round(count_params(m) / params0, 3), "prune_s": round(secs, 2),
                "dense_top1": dense_acc, "oneshot_top1": acc}
         if crit == criteria[0]:
-            dl, pl = latency_pair(dense, m, x64, args.repeats, args.threads)
+            dl, pl = latency_pair(dense, m, x64, args.repeats, args.threads, args.rounds)
             row.update(dense_ms=dl, pruned_ms=pl, speedup=round(dl / pl, 3))
             if args.finetune_epochs:
                 ft = finetune(m, name, args.finetune_epochs, samples=args.finetune_samples,
@@ -86,16 +116,22 @@ def main() -> None:
     ap.add_argument("--distill", action="store_true", help="fine-tune with the dense model as teacher")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--criteria", default=",".join(CRITERIA))
+    ap.add_argument("--speed-only", action="store_true", help="re-measure only the speed columns of the JSON")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved dense/pruned latency rounds")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows, raw = [], {}
     crit = args.criteria.split(",")
+    settings = {"fmnist-resnet": ({"target_macs": 0.5}, crit),
+                "fmnist-vit": ({"ratio": 0.5, "scope": "local", "ignore": [nn.LayerNorm]}, crit[:2])}
+    if args.speed_only:
+        for name in args.models.split(","):
+            speed_only(name, settings[name][0], settings[name][1][0], args)
+        return
     for name in args.models.split(","):
-        if name == "fmnist-resnet":
-            run(name, {"target_macs": 0.5}, crit, args, rows, raw)
-        elif name == "fmnist-vit":
-            run(name, {"ratio": 0.5, "scope": "local", "ignore": [nn.LayerNorm]}, crit[:2], args, rows, raw)
-    notes = (f"Latency/throughput: batch 64, {args.threads} threads, median of 3 interleaved runs of "
+        if name in settings:
+            run(name, *settings[name], args, rows, raw)
+    notes = (f"Latency/throughput: batch 64, {args.threads} threads, median of {args.rounds} interleaved runs of "
              f"{args.repeats} repeats, dense and pruned in the same process. Accuracy on "
              f"{'the first ' + str(args.limit) if args.limit else 'all 10000'} test images. Fine-tune: "
              f"{args.finetune_epochs} epoch(s) on {args.finetune_samples or 60000} training images"

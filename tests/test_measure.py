@@ -52,3 +52,22 @@ def test_dict_inputs_and_fidelity():
     f = measure.embedding_fidelity(e + 0.01 * torch.randn(20, 8), e)
     assert f["fidelity"] > 0.99
     assert measure.embedding_fidelity(-e, e)["fidelity"] < -0.99
+
+
+def test_compare_latency_interleaves_rounds():
+    from prunekit.measure import compare_latency
+    calls = []
+
+    class Tagged(torch.nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+        def forward(self, x):
+            calls.append(self.tag)
+            return x
+
+    med = compare_latency({"a": Tagged("a"), "b": Tagged("b")}, torch.zeros(3, 2), rounds=3, warmup=1, repeats=2)
+    assert set(med) == {"a", "b"} and all(v >= 0 for v in med.values())
+    # every round runs a fully, then b fully: a a a b b b, three times (interleaved, never a then all of b)
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from prunekit.measure import profile
+from prunekit.measure import compare_latency, profile
 from prunekit.report import write_report
 from prunekit.zoo import NAMES, Workload, load, read_manifest
 
@@ -107,7 +107,11 @@ STEPS: tuple[Step, ...] = (
 
 def _row(name: str, method: str, wl: Workload, model: torch.nn.Module, limit: int | None) -> dict:
     p = profile(model, wl.example_inputs, lambda m: wl.evaluate(m, limit=limit), repeats=10, memory=False)
-    return {"model": name, "method": method, "params": p["params"], "nonzero_params": p["nonzero_params"],
+    extra = {}
+    if model is not wl.model:  # the speed-up comes from dense and compressed timed interleaved, not two rows
+        med = compare_latency({"dense": wl.model, "model": model}, wl.example_inputs, rounds=5, repeats=10)
+        extra = {"speedup": round(med["dense"] / med["model"], 3), "paired_ms": med}
+    return {**extra, "model": name, "method": method, "params": p["params"], "nonzero_params": p["nonzero_params"],
             "macs": p["macs"], "latency_ms": p["latency_ms"], "batch_size": p["batch_size"],
             "threads": p["threads"], "metric_name": wl.metric_key, "metric": p["metric"].get(wl.metric_key),
             "metric_all": p["metric"], "eval_samples": limit}

@@ -15,12 +15,16 @@ __all__ = ["markdown_table", "plot_tradeoff", "write_report"]
 def _delta(row: dict, dense: dict | None) -> str:
     if not dense or row is dense or row.get("metric") is None:
         return ""
+    speed = row.get("speedup") or dense["latency_ms"] / row["latency_ms"]
     return (f"{row['metric'] - dense['metric']:+.4f} metric, {row['macs'] / dense['macs']:.2f}x MACs, "
-            f"{dense['latency_ms'] / row['latency_ms']:.2f}x speed")
+            f"{speed:.2f}x speed")
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per (model, method); ``vs dense`` compares with that model's ``dense`` row."""
+    """One line per (model, method); ``vs dense`` compares with that model's ``dense`` row.
+
+    The speed-up is the row's ``speedup`` (dense and compressed timed interleaved) when it has one.
+    """
     dense = {r["model"]: r for r in rows if r["method"] == "dense"}
     lines = ["| model | method | params | MACs | latency ms | metric | vs dense |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -52,10 +56,11 @@ def plot_tradeoff(rows: list[dict], path: Path) -> Path:
             rel = r["metric"] - d["metric"]
             kw = dict(marker=markers[i % len(markers)], color=f"C{i}", label=model if r is d else None)
             axes[0].scatter(r["macs"] / d["macs"], rel, **kw)
-            axes[1].scatter(d["latency_ms"] / r["latency_ms"], rel, **kw)
+            speed = r.get("speedup") or d["latency_ms"] / r["latency_ms"]
+            axes[1].scatter(speed, rel, **kw)
             if r is not d:
                 axes[0].annotate(r["method"], (r["macs"] / d["macs"], rel), fontsize=6)
-                axes[1].annotate(r["method"], (d["latency_ms"] / r["latency_ms"], rel), fontsize=6)
+                axes[1].annotate(r["method"], (speed, rel), fontsize=6)
     axes[0].set_xlabel("MACs / dense MACs")
     axes[1].set_xlabel("speed-up over dense (latency ratio)")
     for ax in axes:
