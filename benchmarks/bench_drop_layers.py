@@ -140,14 +140,13 @@ def vit_available() -> bool:
         return False
 
 
-def notes_text(seeds: int, vit_skipped: bool = False) -> str:
+def notes_text(seeds: int, vit_skipped: bool = False, vit_limit: int = 2000) -> str:
+    skipped = " fmnist-vit skipped: no checkpoint in the zoo manifest yet." if vit_skipped else ""
     return ("ShortGPT block influence (1 - cos(in, out), mask-aware over calibration tokens) vs dropping "
             f"the last blocks vs random choices ({seeds} seeds; random_mean in raw). `value` is the model's "
             "metric (minilm: fidelity = mean cosine to dense embeddings; fmnist-vit: top-1). Latency: one "
             "forward, dense and dropped timed in alternating rounds in the same run, median of round "
-            "medians; the 2-core machine was shared with training jobs, so speedups are indicative (round "
-            "medians in raw)." + (" fmnist-vit skipped: no checkpoint in the zoo manifest yet." if vit_skipped
-                                  else ""))
+            f"medians (round medians in raw). fmnist-vit top-1 on the first {vit_limit} test images." + skipped)
 
 
 def main() -> None:
@@ -169,7 +168,7 @@ def main() -> None:
         for model in args.models:
             latency_only(model, old, args.threads, args.repeats, args.vit_limit)
         write_result(NAME, old["title"], old["table"]["columns"], old["table"]["rows"],
-                     notes=notes_text(args.seeds, "fmnist-vit" not in old["raw"]),
+                     notes=notes_text(args.seeds, "fmnist-vit" not in old["raw"], args.vit_limit),
                      setup={**old["setup"], "threads": args.threads, "latency_repeats": args.repeats},
                      raw=old["raw"])
         return
@@ -194,7 +193,7 @@ def main() -> None:
         raw[model] = rw
         setup.update(st)
     write_result(NAME, "Drop whole blocks (drop_layers): block influence vs last vs random", COLUMNS, rows,
-                 notes=notes_text(args.seeds, vit_skipped), setup=setup, raw=raw)
+                 notes=notes_text(args.seeds, vit_skipped, args.vit_limit), setup=setup, raw=raw)
 
 
 if __name__ == "__main__":
