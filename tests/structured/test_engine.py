@@ -308,3 +308,11 @@ def test_group_statistics_keep_their_group_count_and_lose_channels_inside_groups
     prunekit.prune(net, (x,), ratio=0.5, scope="local")
     assert net[0].out_channels == 8 and net[1].groups == 4  # 2 of 4 channels left in each of the 4 groups
     assert net(x).shape == (2, 4, 8, 8)
+
+
+def test_target_macs_with_round_to_stays_within_two_percent(resnet):
+    res = prunekit.prune(resnet, X28, target_macs=0.5, round_to=8)
+    assert abs(res.macs_after / res.macs_before - 0.5) <= 0.02 * 0.5
+    for d in res.decisions:
+        if d["unit"] == "channels" and d["size"] > 8:
+            assert d["kept"] % 8 == 0 or d["kept"] == d["size"], d

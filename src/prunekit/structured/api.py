@@ -207,23 +207,30 @@ def _decide(groups_: list[Group], scores: list[torch.Tensor], ratio: float, scop
         idx = [i for i, g in enumerate(groups_) if g.unit == unit]
         if not idx:
             continue
+        rt = round_to if unit == "channels" and round_to and round_to > 1 else 1
         total = sum(groups_[i].size for i in idx)
         budget = int(round(ratio * total))
-        pool = []
+        pool = []  # (score, group, units removed together): chunks keep each group a multiple of round_to
         for i in idx:
-            norm = _standardise(scores[i])
-            for u in norm.argsort().tolist():
-                pool.append((float(norm[u]), i))
+            norm = _standardise(scores[i]).sort().values.tolist()
+            size = groups_[i].size
+            step = rt if size > rt else 1
+            start, first = 0, (size % step) or step
+            while start < size:
+                width = first if start == 0 else step
+                pool.append((max(norm[start:start + width]), i, width))
+                start += width
         pool.sort(key=lambda t: t[0])
         floor = {i: max(1, math.ceil(groups_[i].size * (1 - max_group_ratio))) for i in idx}
-        for _, i in pool:
+        for _, i, width in pool:
             if budget <= 0:
                 break
-            if kept[i] > floor[i]:
-                kept[i] -= 1
-                budget -= 1
-        for i in idx:
-            kept[i] = _round(kept[i], groups_[i].size, round_to if unit == "channels" else None)
+            if kept[i] - width >= floor[i] and budget >= width / 2:
+                kept[i] -= width
+                budget -= width
+        if rt > 1:
+            for i in idx:
+                kept[i] = _round(kept[i], groups_[i].size, rt)
     return kept
 
 
