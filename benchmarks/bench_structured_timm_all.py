@@ -117,8 +117,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="models run at once, one torch thread each")
     ap.add_argument("--max-gb", type=float, default=0.0, help="address-space limit per model (0: none)")
     ap.add_argument("--resume", action="store_true", help="keep the results already in the partial file")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the JSON from the partial file without running the models left")
     ap.add_argument("--names", default="", help="comma list instead of list_models()")
     args = ap.parse_args()
+    if args.report_only:
+        args.resume = True
     import timm
     names = args.names.split(",") if args.names else sorted(timm.list_models())
     total = len(names)
@@ -134,7 +138,9 @@ def main() -> None:
     wanted = set(names)
     done = [r for r in done if r["name"] in wanted]
     seen = {r["name"] for r in done}
-    results = done + _run_all([n for n in names if n not in seen], args.timeout, args.workers, args.max_gb, partial)
+    left = [n for n in names if n not in seen]
+    results = done + ([] if args.report_only else _run_all(left, args.timeout, args.workers, args.max_gb, partial))
+    unfinished = len(names) - len(results)
     results.sort(key=lambda r: r["name"])
     counts: dict[str, int] = {}
     for r in results:
@@ -149,16 +155,19 @@ def main() -> None:
         ["pass rate of every model run (untried ones count as failures)",
          round(counts.get("pass", 0) / max(1, len(results)), 3)]]
     write_result("structured_timm_all", "prune(ratio=0.3) over timm list_models()", ["outcome", "models"], rows,
-                 f"{len(results)} of {total} timm models ({'every k-th, deterministic' if args.sample else 'all'}), "
+                 f"{len(results)} of {total} timm models ({'every k-th, deterministic' if args.sample else 'all'}"
+                 f"{f'; {unfinished} not run yet (--resume continues)' if unfinished else ''}), "
                  f"random weights, default input size, batch 1, {args.timeout:.0f}s and "
                  f"{args.max_gb or 'no'} GB limit per model, {args.workers} at once. pass: forward "
                  "intact, shapes unchanged, finite, MACs <= 0.8x; weak: intact but MACs > 0.8x; broken: output "
                  "changed shape; error: PruningError or other exception (model left unchanged); each error is "
                  "retried with on_failure='skip', which leaves the failing module classes as they are.",
                  setup={"sample": args.sample, "timeout_s": args.timeout, "threads": 1, "workers": args.workers,
-                        "max_gb": args.max_gb},
+                        "max_gb": args.max_gb, "models_listed": total, "models_run": len(results),
+                        "unfinished": unfinished},
                  raw={"results": results})
-    partial.unlink(missing_ok=True)
+    if not unfinished:
+        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
