@@ -104,8 +104,13 @@ def _torchvision_vit(m: nn.Module) -> None:
     m.hidden_dim = m.conv_proj.weight.shape[0]  # read by _process_input's reshape
 
 
+def _timm_metaformer_scale(m: nn.Module) -> None:
+    m.shape = (m.scale.shape[0], *m.shape[1:])  # forward: x * self.scale.view(self.shape)
+
+
 # Modules whose forward reads a width from an attribute that is not a standard layer's.
-CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit}
+CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit,
+                "timm.models.metaformer.Scale": _timm_metaformer_scale}
 
 
 def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
