@@ -142,6 +142,9 @@ def main() -> None:
     results = done + ([] if args.report_only else _run_all(left, args.timeout, args.workers, args.max_gb, partial))
     unfinished = len(names) - len(results)
     results.sort(key=lambda r: r["name"])
+    for r in results:  # out of memory while tracing or pruning: the machine's limit, not the engine's
+        if r["status"] == "error" and "allocate memory" in r.get("error", ""):
+            r["status"] = "too_large"
     counts: dict[str, int] = {}
     for r in results:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
