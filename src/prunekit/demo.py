@@ -109,7 +109,7 @@ def _row(name: str, method: str, wl: Workload, model: torch.nn.Module, limit: in
     p = profile(model, wl.example_inputs, lambda m: wl.evaluate(m, limit=limit), repeats=10, memory=False)
     extra = {}
     if model is not wl.model:  # the speed-up comes from dense and compressed timed interleaved, not two rows
-        med = compare_latency({"dense": wl.model, "model": model}, wl.example_inputs, rounds=5, repeats=10)
+        med = compare_latency({"dense": wl.model, "model": model}, wl.example_inputs, rounds=3, repeats=10)
         extra = {"speedup": round(med["dense"] / med["model"], 3), "paired_ms": med}
     return {**extra, "model": name, "method": method, "params": p["params"], "nonzero_params": p["nonzero_params"],
             "macs": p["macs"], "latency_ms": p["latency_ms"], "batch_size": p["batch_size"],
