@@ -108,9 +108,16 @@ def _timm_metaformer_scale(m: nn.Module) -> None:
     m.shape = (m.scale.shape[0], *m.shape[1:])  # forward: x * self.scale.view(self.shape)
 
 
+def _timm_csp_stage(m: nn.Module) -> None:
+    # forward: x.split(self.expand_chs // 2) of conv_exp's output, which the tracer pruned in equal halves
+    m.expand_chs = m.conv_exp.conv.weight.shape[0]
+
+
 # Modules whose forward reads a width from an attribute that is not a standard layer's.
 CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit,
-                "timm.models.metaformer.Scale": _timm_metaformer_scale}
+                "timm.models.metaformer.Scale": _timm_metaformer_scale,
+                "timm.models.cspnet.CrossStage": _timm_csp_stage,
+                "timm.models.cspnet.CrossStage3": _timm_csp_stage}
 
 
 def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
