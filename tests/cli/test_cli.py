@@ -44,3 +44,21 @@ def test_demo_writes_report(tmp_path):
     assert report.is_file() and (report.parent / "tradeoff.png").stat().st_size > 1000
     assert rows[0]["method"] == "dense" and rows[0]["macs"] > 0
     assert "| fmnist-resnet | dense |" in report.read_text()
+
+
+def test_zoo_train_more_epochs_continues_the_shipped_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from prunekit.zoo.store import load_state
+    if "fmnist-vit" not in read_manifest():
+        pytest.skip("no fmnist-vit checkpoint shipped yet")
+    old = read_manifest()["fmnist-vit"]
+    assert main(["zoo", "train", "fmnist-vit", "--quick", "--more-epochs", "0.05", "--out-dir", str(tmp_path)]) == 0
+    entry = json.loads((tmp_path / "manifest.json").read_text())["fmnist-vit"]
+    assert entry["route"].startswith(old["route"]) and old["sha256"][:12] in entry["route"]
+    assert entry["command"].endswith("prunekit zoo train fmnist-vit --more-epochs 0.05")
+    assert entry["train_minutes"] >= old["train_minutes"]
+    new, shipped = load_file(str(tmp_path / "fmnist-vit.safetensors")), load_state("fmnist-vit")
+    # one warm-up step moves the weights only a little from the shipped ones (not a fresh init)
+    drift = (new["pos_embed"] - shipped["pos_embed"]).abs().max().item()
+    assert drift < 0.05 * shipped["pos_embed"].abs().max().item()

@@ -14,6 +14,9 @@ def register(sub) -> None:
     t.add_argument("name", choices=[n for n in NAMES if n != "minilm"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quick", action="store_true", help="a tiny smoke run (not a usable model)")
+    t.add_argument("--more-epochs", type=float, default=0.0,
+                   help="continue the shipped checkpoint for E more epochs of its last stage "
+                        "(fmnist-vit, motion-vivit)")
     t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
     t.set_defaults(func=run_train)
 
@@ -29,6 +32,10 @@ def run_list(args) -> int:
 def run_train(args) -> int:
     from prunekit.zoo.train import train_model
     cmd = f"prunekit zoo train {args.name}" + (f" --seed {args.seed}" if args.seed else "")
-    entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd)
+    if args.more_epochs:
+        from prunekit.zoo import read_manifest
+        cmd = f"{read_manifest()[args.name]['command']}; {cmd} --more-epochs {args.more_epochs:g}"
+    entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd,
+                        more_epochs=args.more_epochs)
     print(json.dumps(entry, indent=2))
     return 0

@@ -23,7 +23,7 @@ from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import inflate_to_video, transfer_vit
 
-__all__ = ["train_model", "fit", "RECIPES", "SUBSET"]
+__all__ = ["train_model", "fit", "RECIPES", "MORE", "SUBSET"]
 
 SUBSET = 500  # the fixed eval subset whose metric the tests check
 
@@ -220,17 +220,57 @@ RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,
            "mosaic-segvit": recipe_segvit, "motion-vivit": recipe_vivit}
 
 
+def more_vit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
+    """More 196-token epochs on the whole training set, distilled from fmnist-resnet."""
+    x, y = _fmnist(1024 if quick else None)
+    fit(model, _loader(x, y, 64, True), epochs, 3e-4, x.shape[0] // 64, seed + 7, desc="fmnist-vit more",
+        teacher=None if quick else _teacher())
+    return (f"{epochs} more epochs on {x.shape[0]} samples at 196 tokens distilled from fmnist-resnet "
+            "(KL at T=2, weight 0.5, lr 3e-4, batch 64, shift+flip)")
+
+
+def more_vivit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
+    """More video epochs at 196 tokens."""
+    n = 512 if quick else 60000
+    x, y = load_motion("train", n=n, seed=seed)
+    fit(model, _loader(x, y, 64, True), epochs, 3e-4, n // 64, seed + 7, desc="motion-vivit more")
+    return f"{epochs} more epochs on {n} clips at 196 tokens, batch 64, lr 3e-4"
+
+
+MORE: dict[str, Callable[[nn.Module, int, bool, float], str]] = {"fmnist-vit": more_vit, "motion-vivit": more_vivit}
+
+
+def _continue(name: str, seed: int, quick: bool, epochs: float) -> tuple[nn.Module, str, float]:
+    """Load the shipped checkpoint of ``name`` and train it ``epochs`` more; the route says so."""
+    from prunekit.zoo.store import load_state, read_manifest
+    if name not in MORE:
+        raise KeyError(f"{name!r} has no continuation stage; choose one of {sorted(MORE)}")
+    old = read_manifest()[name]
+    model = models.build(name)
+    model.load_state_dict(load_state(name))
+    stage = MORE[name](model, seed, quick, epochs)
+    route = f"{old['route']}; then, resumed from the checkpoint with sha256 {old['sha256'][:12]}, {stage}"
+    return model, route, float(old.get("train_minutes", 0.0))
+
+
 def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, threads: int | None = None,
-                command: str = "", **recipe_kwargs) -> dict:
-    """Train zoo model ``name``, evaluate it on the full eval split, write checkpoint + manifest entry."""
+                command: str = "", more_epochs: float = 0.0, **recipe_kwargs) -> dict:
+    """Train zoo model ``name``, evaluate it on the full eval split, write checkpoint + manifest entry.
+
+    ``more_epochs``: instead of the whole recipe, continue the shipped checkpoint for that many epochs
+    of the recipe's last stage (:data:`MORE`); ``train_minutes`` then adds up both runs.
+    """
     from prunekit.zoo.registry import evaluate_model
     if name not in RECIPES:
         raise KeyError(f"no training recipe for {name!r}; choose one of {sorted(RECIPES)}")
     if threads:
         torch.set_num_threads(threads)
-    t0 = time.time()
-    model, route = RECIPES[name](seed, quick, **recipe_kwargs)
-    minutes = (time.time() - t0) / 60
+    t0, before = time.time(), 0.0
+    if more_epochs:
+        model, route, before = _continue(name, seed, quick, more_epochs)
+    else:
+        model, route = RECIPES[name](seed, quick, **recipe_kwargs)
+    minutes = before + (time.time() - t0) / 60
     metric = evaluate_model(name, model, limit=256 if quick else None)
     entry = {"metric": metric, "metric_subset": evaluate_model(name, model, limit=SUBSET),
              "subset_limit": SUBSET, "seed": seed, "route": route, "train_minutes": round(minutes, 1),
