@@ -58,9 +58,15 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, inputs: Any) -> int:
     """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        run_model(model, inputs)
+    for grad in (False, True):
+        counter = FlopCounterMode(display=False)
+        try:
+            with torch.set_grad_enabled(grad), counter:
+                run_model(model, inputs)
+            break
+        except AssertionError as e:  # torch's module tracker fails on a parameter view made under no_grad
+            if grad or "gradient function" not in str(e):  # (CaiT's expanded cls_token): count with grad on
+                raise
     return int(counter.get_total_flops() // 2)
 
 
