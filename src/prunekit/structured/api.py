@@ -30,6 +30,7 @@ from prunekit.measure import count_macs, count_params, run_model
 from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_module_stack, trace
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.importance import Importance, get_importance
+from prunekit.structured.rewrite import swap_rewritten, verify_swaps
 from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes
 from prunekit.structured.width_free import SWAPS, swap_width_free
 
@@ -130,7 +131,8 @@ UNSUPPORTED = {
 def _unsupported(model: nn.Module, tr: TraceResult) -> None:
     names = []
     for path, m in model.named_modules():
-        if f"{type(m).__module__}.{type(m).__qualname__}" in UNSUPPORTED or type(m) in SWAPS:  # not swappable
+        cls = getattr(type(m), "_width_free_base", type(m))
+        if f"{cls.__module__}.{cls.__qualname__}" in UNSUPPORTED or type(m) in SWAPS:  # not swappable
             names += [f"{path}.{n}" if path else n for n, _ in m.named_parameters()]
     tr.fix_params(names)
 
@@ -282,6 +284,13 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     classes = [(m, m.__class__) for m in model.modules()]
     for m in model.modules():
         swap_width_free(m)
+    try:  # other width-from-input idioms: rewritten forwards, kept only where outputs are unchanged
+        skip = set(UNSUPPORTED) | {f"{c.__module__}.{c.__qualname__}" for c in (*SWAPS, *SWAPS.values())}
+        verify_swaps(model, swap_rewritten(model, skip=skip), lambda: run_model(model, example_inputs))
+    except Exception:
+        for m, c in classes:
+            m.__class__ = c
+        raise
     while True:
         try:
             res = _prune_once(model, example_inputs, ignore=ignore + [s_["type"] for s_ in skipped], **kwargs)

@@ -115,6 +115,16 @@ class DimGraph:
         """Nodes whose product is ``n`` and whose leading part has size ``first`` (None: impossible)."""
         r = self.find(n)
         d = self.defn[r]
+        if d is not None and d[0] == "cat" and len(d[1]) == first \
+                and len({self.size[self.find(c)] for c in d[1]}) == 1:
+            # cat of k equal parts viewed as (k, part), e.g. BEiT's qkv bias cat(q_bias, k_bias, v_bias)
+            # reshaped to (3, heads, head_dim): the parts share one layout, so they are pruned alike
+            kids = list(d[1])
+            for c in kids[1:]:
+                self.union(kids[0], c)
+            a = self.new(first, (), fixed=True)
+            self.defn[r] = ("prod", [a, kids[0]])
+            return [a, kids[0]]
         if d is not None:
             return list(d[1]) if d[0] == "prod" else None
         if self.size[r] % first:

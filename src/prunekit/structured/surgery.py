@@ -108,6 +108,16 @@ def _timm_metaformer_scale(m: nn.Module) -> None:
     m.shape = (m.scale.shape[0], *m.shape[1:])  # forward: x * self.scale.view(self.shape)
 
 
+def _timm_blur_pool(m: nn.Module) -> None:
+    if m.channels is not None:  # forward: conv2d(x, self.filt, groups=self.channels)
+        m.channels = m.filt.shape[0]
+
+
+def _timm_mixed_conv(m: nn.Module) -> None:
+    m.splits = [c.in_channels for c in m.values()]  # forward: torch.split(x, self.splits, 1)
+    m.in_channels, m.out_channels = sum(m.splits), sum(c.out_channels for c in m.values())
+
+
 def _timm_csp_stage(m: nn.Module) -> None:
     # forward: x.split(self.expand_chs // 2) of conv_exp's output, which the tracer pruned in equal halves
     m.expand_chs = m.conv_exp.conv.weight.shape[0]
@@ -117,7 +127,9 @@ def _timm_csp_stage(m: nn.Module) -> None:
 CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit,
                 "timm.models.metaformer.Scale": _timm_metaformer_scale,
                 "timm.models.cspnet.CrossStage": _timm_csp_stage,
-                "timm.models.cspnet.CrossStage3": _timm_csp_stage}
+                "timm.models.cspnet.CrossStage3": _timm_csp_stage,
+                "timm.layers.blur_pool.BlurPool2d": _timm_blur_pool,
+                "timm.layers.mixed_conv2d.MixedConv2d": _timm_mixed_conv}
 
 
 def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
@@ -128,15 +140,17 @@ def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shap
     for mod, op, info in trace.module_ops:
         if op == "layer_norm":
             ln_shapes[mod] = tuple(g.kept_size(lb, keep) for lb in info)
+    fixups = []  # run after every standard layer is updated: they read the layers' new sizes
     for path, m in model.named_modules():
         w = _weight(m)
         if path in ln_shapes and hasattr(m, "normalized_shape"):
             new = ln_shapes[path]
             if tuple(m.normalized_shape) != new:
                 m.normalized_shape = new if isinstance(m.normalized_shape, tuple) else list(new)
-        fixup = CLASS_FIXUPS.get(f"{type(m).__module__}.{type(m).__qualname__}")
+        cls = getattr(type(m), "_width_free_base", type(m))
+        fixup = CLASS_FIXUPS.get(f"{cls.__module__}.{cls.__qualname__}")
         if fixup is not None:
-            fixup(m)
+            fixups.append((fixup, m))
         if path not in touched:
             continue
         old_w = shapes.get(f"{path}.weight" if path else "weight", (None, None))[0]
@@ -174,3 +188,5 @@ def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shap
                 m.normalized_shape = tuple(w.shape) if isinstance(ns, tuple) else list(w.shape)
             elif isinstance(ns, int):
                 m.normalized_shape = w.shape[-1]
+    for fixup, m in fixups:
+        fixup(m)

@@ -1,0 +1,116 @@
+"""Rewritten width-free forwards: same outputs dense, working once pruned, picklable, reverted when wrong."""
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import prunekit
+from prunekit.measure import count_macs
+from prunekit.structured.rewrite import rewritten, swap_rewritten, verify_swaps
+
+
+class TwoMinusOnes(nn.Module):
+    """Reshapes with ``C // self.num_heads`` next to a ``-1``: the rewrite makes it invalid."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads = 2
+
+    def forward(self, x):
+        B, N, C = x.shape
+        return x.reshape(B, -1, C // self.num_heads).sum(1)
+
+
+def _tiny(name, **kw):
+    torch.manual_seed(0)
+    return timm.create_model(name, img_size=32, patch_size=8, embed_dim=64, num_heads=4, depth=2,
+                             num_classes=10, **kw).eval()
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "eva02_tiny_patch14_224", "cait_xxs24_224"])
+def test_rewritten_forward_equals_the_original(name):
+    model = _tiny(name)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        swapped = swap_rewritten(model)
+        assert swapped, f"{name}: no attention class was rewritten"
+        assert all(type(m)._width_free_base is old for m, old in swapped)
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "eva02_tiny_patch14_224", "cait_xxs24_224"])
+def test_heads_and_width_of_rewritten_attention_are_pruned(name):
+    model = _tiny(name)
+    x = torch.randn(2, 3, 32, 32)
+    macs = count_macs(model, (x,))
+    attn = [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "proj")][-1]  # CaiT: class attn
+    heads = attn.num_heads
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert attn.num_heads < heads, f"{name}: heads were not pruned ({attn.num_heads})"
+    assert getattr(type(attn), "_width_free_base", None) is not None
+    assert model(x).shape == (2, 10)
+    assert count_macs(model, (x,)) < 0.85 * macs
+    assert res.macs_after < res.macs_before
+
+
+def test_identity_at_zero_ratio():
+    model = _tiny("beit_base_patch16_224")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    prunekit.prune(model, (x,), ratio=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_model_with_rewritten_class_saves_and_loads_in_a_fresh_process(tmp_path):
+    model = _tiny("beit_base_patch16_224")
+    x = torch.randn(1, 3, 32, 32)
+    prunekit.prune(model, (x,), ratio=0.3)
+    path = tmp_path / "beit.safetensors"
+    prunekit.save(model, path)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(model(x), tmp_path / "ref.pt")
+    code = ("import torch, prunekit; m = prunekit.load(r'{p}').eval(); x = torch.load(r'{x}');"
+            "torch.testing.assert_close(m(x), torch.load(r'{r}'), atol=1e-6, rtol=1e-6);"
+            "print(type(m.blocks[0].attn).__name__)").format(p=path, x=tmp_path / "x.pt", r=tmp_path / "ref.pt")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "WF__timm__models__beit__Attention"
+
+
+def test_a_rewrite_that_breaks_the_forward_is_reverted():
+    model = nn.Sequential(TwoMinusOnes(), nn.Linear(2, 3))
+    assert rewritten(TwoMinusOnes) is not None
+    swapped = swap_rewritten(model)
+    assert [old for _, old in swapped] == [TwoMinusOnes]
+    x = torch.randn(2, 4, 4)
+    kept = verify_swaps(model, swapped, lambda: model(x))
+    assert kept == [] and type(model[0]) is TwoMinusOnes
+
+
+def test_an_uncalled_module_is_reverted():
+    model = nn.ModuleDict({"used": nn.Linear(4, 4), "unused": TwoMinusOnes()})
+    swapped = swap_rewritten(model)
+    assert verify_swaps(model, swapped, lambda: model["used"](torch.randn(1, 4))) == []
+    assert type(model["unused"]) is TwoMinusOnes
+
+
+def test_classes_without_the_idiom_are_not_rewritten():
+    assert rewritten(nn.Linear) is None and rewritten(nn.MultiheadAttention) is None
+
+
+@pytest.mark.parametrize("name", ["resnetblur18", "mixnet_s"])
+def test_blur_pool_and_mixed_conv_follow_their_pruned_channels(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    macs = count_macs(model, (x,))
+    prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10)
+    assert count_macs(model, (x,)) < 0.8 * macs
