@@ -9,19 +9,22 @@ from torch import nn
 
 import prunekit
 from prunekit.measure import count_macs
-from prunekit.structured.rewrite import rewritten, swap_rewritten, verify_swaps
+from prunekit.structured.rewrite import head_dim, rewritten, swap_rewritten, verify_swaps
 
 
-class TwoMinusOnes(nn.Module):
-    """Reshapes with ``C // self.num_heads`` next to a ``-1``: the rewrite makes it invalid."""
+class WideQuery(nn.Module):
+    """Keeps ``C // self.num_heads`` in a variable while its ``q`` is twice as wide as the input: the
+    head size read from ``q`` is wrong here, so the rewrite must be found out and reverted."""
 
     def __init__(self):
         super().__init__()
         self.num_heads = 2
+        self.q = nn.Linear(4, 8)
 
     def forward(self, x):
         B, N, C = x.shape
-        return x.reshape(B, -1, C // self.num_heads).sum(1)
+        hd = C // self.num_heads
+        return x.reshape(B, N, self.num_heads, hd).sum(2)
 
 
 def _tiny(name, **kw):
@@ -85,20 +88,20 @@ def test_pruned_model_with_rewritten_class_saves_and_loads_in_a_fresh_process(tm
 
 
 def test_a_rewrite_that_breaks_the_forward_is_reverted():
-    model = nn.Sequential(TwoMinusOnes(), nn.Linear(2, 3))
-    assert rewritten(TwoMinusOnes) is not None
+    model = nn.Sequential(WideQuery(), nn.Linear(2, 3))
+    assert rewritten(WideQuery) is not None
     swapped = swap_rewritten(model)
-    assert [old for _, old in swapped] == [TwoMinusOnes]
+    assert [old for _, old in swapped] == [WideQuery]
     x = torch.randn(2, 4, 4)
     kept = verify_swaps(model, swapped, lambda: model(x))
-    assert kept == [] and type(model[0]) is TwoMinusOnes
+    assert kept == [] and type(model[0]) is WideQuery
 
 
 def test_an_uncalled_module_is_reverted():
-    model = nn.ModuleDict({"used": nn.Linear(4, 4), "unused": TwoMinusOnes()})
+    model = nn.ModuleDict({"used": nn.Linear(4, 4), "unused": WideQuery()})
     swapped = swap_rewritten(model)
     assert verify_swaps(model, swapped, lambda: model["used"](torch.randn(1, 4))) == []
-    assert type(model["unused"]) is TwoMinusOnes
+    assert type(model["unused"]) is WideQuery
 
 
 def test_classes_without_the_idiom_are_not_rewritten():
@@ -114,3 +117,26 @@ def test_blur_pool_and_mixed_conv_follow_their_pruned_channels(name):
     prunekit.prune(model, (x,), ratio=0.3)
     assert model(x).shape == (1, 10)
     assert count_macs(model, (x,)) < 0.8 * macs
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "twins_svt_small"])
+def test_spatial_reduction_attention_prunes_heads(name):
+    """PVT-v2 / Twins: ``reshape(B, C, -1)`` after the reduction conv and a kv reshape that already infers -1."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    res = prunekit.prune(model, (x,), ratio=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert sum(d["unit"] == "heads" and d["kept"] < d["size"] for d in res.decisions) > 0
+    assert model(x).shape == (1, 10) and res.macs_ratio < 0.8
+
+
+def test_head_dim_is_read_from_the_projection():
+    attn = timm.models.vision_transformer.Attention(32, num_heads=4)
+    assert head_dim(attn, 32) == 8
+    attn.qkv = nn.Linear(32, 3 * 4 * 6)  # as after pruning 2 of 8 positions per head
+    assert head_dim(attn, 32) == 6

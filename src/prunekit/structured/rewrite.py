@@ -4,12 +4,15 @@ Many attention modules (timm's EVA, BEiT, CaiT, CoaT, ConViT, DaViT, Twins, PVT-
 reshape with the *input* width: ``qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads)`` and
 ``x.transpose(1, 2).reshape(B, N, C)``. Right for a dense model, wrong as soon as heads or the
 residual stream are pruned. Instead of one hand-written subclass per class (see ``width_free.py``),
-this module rewrites the two idioms in the source of the class's own methods (``forward`` and the
+this module rewrites these idioms in the source of the class's own methods (``forward`` and the
 helpers it calls):
 
-- ``C // self.num_heads`` (or ``// self.groups``) inside a reshape/view becomes ``-1``;
-- ``.transpose(..)/.permute(..)`` followed by ``.reshape(B, N, C)`` (or any shape ending in the
-  input width ``C``) becomes ``.reshape(B, N, -1)``.
+- ``C // self.num_heads`` (or ``// self.groups``) inside a reshape/view becomes ``-1``, or, where
+  ``-1`` is taken or the value is kept in a variable, the head size read from the q/k/v weights
+  (:func:`head_dim`);
+- a ``.reshape(..)``/``.view(..)`` whose last size is the input width ``C`` (``x.transpose(1, 2)
+  .reshape(B, N, C)``) ends in ``-1`` instead;
+- ``.reshape(B, C, -1)`` of a feature map (PVT-v2's and Twins' spatial reduction) becomes ``.flatten(2)``.
 
 The result is a subclass with the same parameters and state dict. It is *only used where its outputs
 equal the original's* on the model's own example input (checked by the caller, ``verify_swaps``), so
@@ -41,21 +44,50 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["rewritten", "swap_rewritten", "verify_swaps"]
+__all__ = ["head_dim", "rewritten", "swap_rewritten", "verify_swaps"]
 
 PREFIX = "WF"
-_HEAD_DIM = re.compile(r"\bC\s*//\s*self\.(?:num_heads|groups)\b")
-_OUT_RESHAPE = re.compile(r"(\.(?:transpose|permute)\([^()]*\))\.reshape\(([^()]*?),\s*C\s*\)")
+_HEAD_DIM = re.compile(r"\bC\s*//\s*self\.(num_heads|groups)\b")
+_CALL = re.compile(r"\.(reshape|view)\(([^()]*)\)")
+_LAST_C = re.compile(r",\s*C\s*$")
+_MINUS_ONE = re.compile(r"(?<![\w.])-\s*1\b")
+_FLATTEN = re.compile(r"\.reshape\(\s*B\s*,\s*C\s*,\s*-1\s*\)")
+_HELPER = '__import__("prunekit.structured.rewrite").structured.rewrite.head_dim(self, C)'
 _CACHE: dict[type, type | None] = {}
+
+
+def head_dim(module: nn.Module, width: int) -> int:
+    """Head size read from ``module``'s q/k/v projection weights (fused ``qkv``, ``q``, ``kv``), else from ``width``.
+
+    What ``C // self.num_heads`` becomes where ``-1`` cannot stand in for it (a reshape that already
+    infers another size, or a value kept in a variable).
+    """
+    heads = module.num_heads
+    for name, parts in (("qkv", 3), ("q", 1), ("kv", 2), ("k", 1)):
+        w = getattr(getattr(module, name, None), "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() >= 2 and w.shape[0] % (parts * heads) == 0:
+            return w.shape[0] // (parts * heads)
+    return width // heads
 
 
 def _encode(cls: type) -> str:
     return "__".join([PREFIX, *cls.__module__.split("."), cls.__qualname__])
 
 
+def _rewrite_call(m: re.Match) -> str:
+    method, args = m.group(1), m.group(2)
+    infers = bool(_MINUS_ONE.search(args))
+    if not infers and _HEAD_DIM.search(args):  # reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        args, infers = _HEAD_DIM.sub("-1", args, count=1), True
+    if not infers and _LAST_C.search(args):  # x.transpose(1, 2).reshape(B, N, C)
+        args = _LAST_C.sub(", -1", args)
+    return f".{method}({args})"
+
+
 def _rewrite_source(src: str) -> str | None:
-    """The forward source with both idioms replaced, or None when it has neither."""
-    new = _OUT_RESHAPE.sub(r"\1.reshape(\2, -1)", _HEAD_DIM.sub("-1", src))
+    """The method's source with the width-from-input idioms replaced, or None when it has none."""
+    new = _CALL.sub(_rewrite_call, _FLATTEN.sub(".flatten(2)", src))
+    new = _HEAD_DIM.sub(lambda m: _HELPER if m.group(1) == "num_heads" else m.group(0), new)
     return new if new != src else None
 
 
