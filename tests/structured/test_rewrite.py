@@ -140,3 +140,18 @@ def test_head_dim_is_read_from_the_projection():
     assert head_dim(attn, 32) == 8
     attn.qkv = nn.Linear(32, 3 * 4 * 6)  # as after pruning 2 of 8 positions per head
     assert head_dim(attn, 32) == 6
+
+
+@pytest.mark.parametrize("name,kw", [("mvitv2_tiny", {"img_size": 64}), ("hiera_tiny_224", {"img_size": (64, 64)})])
+def test_heads_merged_into_an_attribute_width_follow_pruning(name, kw):
+    """MViTv2 / Hiera: ``x.transpose(1, 2).reshape(B, -1, self.dim_out)`` with a pruned inner width."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, **kw).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    prunekit.prune(model, (x,), ratio=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10) and res.macs_ratio < 0.8

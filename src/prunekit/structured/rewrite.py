@@ -12,7 +12,9 @@ helpers it calls):
   (:func:`head_dim`);
 - a ``.reshape(..)``/``.view(..)`` whose last size is the input width ``C`` (``x.transpose(1, 2)
   .reshape(B, N, C)``) ends in ``-1`` instead;
-- ``.reshape(B, C, -1)`` of a feature map (PVT-v2's and Twins' spatial reduction) becomes ``.flatten(2)``.
+- ``.reshape(B, C, -1)`` of a feature map (PVT-v2's and Twins' spatial reduction) becomes ``.flatten(2)``;
+- ``.reshape(B, -1, self.dim_out)`` of ``(B, ..., heads, head_dim)`` (MViTv2, Hiera) becomes
+  ``.flatten(-2).flatten(1, -2)``: heads and head size merged, every dimension between into one.
 
 The result is a subclass with the same parameters and state dict. It is *only used where its outputs
 equal the original's* on the model's own example input (checked by the caller, ``verify_swaps``), so
@@ -52,6 +54,7 @@ _CALL = re.compile(r"\.(reshape|view)\(([^()]*)\)")
 _LAST_C = re.compile(r",\s*C\s*$")
 _MINUS_ONE = re.compile(r"(?<![\w.])-\s*1\b")
 _FLATTEN = re.compile(r"\.reshape\(\s*B\s*,\s*C\s*,\s*-1\s*\)")
+_MERGE_HEADS = re.compile(r"\.reshape\(\s*B\s*,\s*-1\s*,\s*self\.\w+\s*\)")
 _HELPER = '__import__("prunekit.structured.rewrite").structured.rewrite.head_dim(self, C)'
 _CACHE: dict[type, type | None] = {}
 
@@ -86,7 +89,8 @@ def _rewrite_call(m: re.Match) -> str:
 
 def _rewrite_source(src: str) -> str | None:
     """The method's source with the width-from-input idioms replaced, or None when it has none."""
-    new = _CALL.sub(_rewrite_call, _FLATTEN.sub(".flatten(2)", src))
+    new = _MERGE_HEADS.sub(".flatten(-2).flatten(1, -2)", _FLATTEN.sub(".flatten(2)", src))
+    new = _CALL.sub(_rewrite_call, new)
     new = _HEAD_DIM.sub(lambda m: _HELPER if m.group(1) == "num_heads" else m.group(0), new)
     return new if new != src else None
 
