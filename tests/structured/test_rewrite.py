@@ -27,6 +27,13 @@ class WideQuery(nn.Module):
         return x.reshape(B, N, self.num_heads, hd).sum(2)
 
 
+def _assert_identity_at_zero(model, x):
+    with torch.no_grad():
+        ref = model(x)
+        prunekit.prune(model, (x,), ratio=0.0)
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+
+
 def _tiny(name, **kw):
     torch.manual_seed(0)
     return timm.create_model(name, img_size=32, patch_size=8, embed_dim=64, num_heads=4, depth=2,
@@ -63,11 +70,7 @@ def test_heads_and_width_of_rewritten_attention_are_pruned(name):
 def test_identity_at_zero_ratio():
     model = _tiny("beit_base_patch16_224")
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        ref = model(x)
-    prunekit.prune(model, (x,), ratio=0.0)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    _assert_identity_at_zero(model, x)
 
 
 def test_pruned_model_with_rewritten_class_saves_and_loads_in_a_fresh_process(tmp_path):
@@ -125,11 +128,7 @@ def test_spatial_reduction_attention_prunes_heads(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
-    res = prunekit.prune(model, (x,), ratio=0.0)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    _assert_identity_at_zero(model, x)
     res = prunekit.prune(model, (x,), ratio=0.3)
     assert sum(d["unit"] == "heads" and d["kept"] < d["size"] for d in res.decisions) > 0
     assert model(x).shape == (1, 10) and res.macs_ratio < 0.8
@@ -148,10 +147,6 @@ def test_heads_merged_into_an_attribute_width_follow_pruning(name, kw):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kw).eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
-    prunekit.prune(model, (x,), ratio=0.0)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+    _assert_identity_at_zero(model, x)
     res = prunekit.prune(model, (x,), ratio=0.3)
     assert model(x).shape == (1, 10) and res.macs_ratio < 0.8
