@@ -1,7 +1,7 @@
 import torch
 
 from prunekit.data import load_corpus, load_mosaic, load_motion
-from prunekit.data.mosaic import NUM_SEG_CLASSES
+from prunekit.data.mosaic import NUM_SEG_CLASSES, SILHOUETTE_LEVEL, on_texture
 
 
 def test_mosaic_shapes_labels_and_determinism():
@@ -16,6 +16,19 @@ def test_mosaic_shapes_labels_and_determinism():
     assert 0.15 < float(fg) < 0.7  # items cover a real part of the canvas, background the rest
     # silhouettes are irregular: label regions are not axis-aligned boxes
     assert (y[0] > 0).sum() < 3 * 28 * 28
+
+
+def test_on_texture_keeps_silhouette_and_fills_the_rest_with_texture():
+    items = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    items[:, :, 8:20, 8:20] = 180  # a square garment; the rest is below the silhouette level
+    x = on_texture(items, torch.Generator().manual_seed(0))
+    assert x.shape == items.shape and x.dtype == torch.uint8
+    assert (x[:, :, 8:20, 8:20] == 180).all()  # the garment is pasted unchanged
+    outside = x[:, 0, :8].float()
+    assert outside.std() > 1 and outside.max() <= 90  # texture (max level 90) where the item is dark
+    assert not torch.equal(x[0, 0, :8], x[1, 0, :8])  # each item gets its own crop
+    y = on_texture(items, torch.Generator().manual_seed(0))
+    assert torch.equal(x, y) and int(SILHOUETTE_LEVEL) == 8
 
 
 def test_motion_static_background_moving_item():

@@ -6,7 +6,7 @@ ones on top) over a textured background, and a ``(56, 56)`` int64 label map: 0 f
 cached under ``PRUNEKIT_CACHE`` (default ``~/.cache/prunekit``).
 
 >>> x, y = load_mosaic("test", n=4)   # doctest: +SKIP
->>> x.shape, y.shape, int(y.max()) <= 10
+>>> x.shape, y.shape, int(y.max()) <= 10  # doctest: +SKIP
 (torch.Size([4, 1, 56, 56]), torch.Size([4, 56, 56]), True)
 """
 from __future__ import annotations
@@ -19,11 +19,39 @@ from prunekit.data.cache import cached
 from prunekit.data.fashion_mnist import load_fashion_mnist
 from prunekit.data.texture import sample_generator, texture
 
-__all__ = ["CANVAS", "NUM_SEG_CLASSES", "make_mosaic", "load_mosaic"]
+__all__ = ["CANVAS", "NUM_SEG_CLASSES", "make_mosaic", "load_mosaic", "on_texture"]
 
 CANVAS = 56
 NUM_SEG_CLASSES = 11
 SILHOUETTE_LEVEL = 8  # item pixels brighter than this belong to the garment
+
+
+def _paste(region: torch.Tensor, item: torch.Tensor, mask: torch.Tensor) -> None:
+    """Paste the garment's silhouette (``mask``) of ``item`` into ``region`` in place."""
+    region[mask] = item[mask]
+
+
+def on_texture(items: torch.Tensor, g: torch.Generator, bank: int = 256) -> torch.Tensor:
+    """Fashion-MNIST ``items`` ``(N, 1, 28, 28)`` uint8 pasted on random crops of mosaic textures.
+
+    The pre-training images of the segmentation encoder: single garments composed exactly as in a
+    mosaic (silhouette over texture), so the classifier learns items in the mosaic's domain.
+
+    >>> x = on_texture(torch.full((2, 1, 28, 28), 200, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    >>> x.shape, x.dtype, int(x.min())
+    (torch.Size([2, 1, 28, 28]), torch.uint8, 200)
+    """
+    textures = torch.stack([texture(CANVAS, g) for _ in range(min(bank, items.shape[0]))])
+    pick = torch.randint(0, textures.shape[0], (items.shape[0],), generator=g)
+    offs = torch.randint(0, CANVAS - 28 + 1, (items.shape[0], 2), generator=g)
+    out = torch.empty(items.shape, dtype=torch.float32)
+    for i in range(items.shape[0]):
+        y0, x0 = offs[i].tolist()
+        region = textures[pick[i], y0:y0 + 28, x0:x0 + 28].clone()
+        item = items[i, 0].float()
+        _paste(region, item, item > SILHOUETTE_LEVEL)
+        out[i, 0] = region
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def make_mosaic(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator, n_items: int = 3
@@ -37,8 +65,7 @@ def make_mosaic(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator, n
         item = items[picks[k], 0].float()
         mask = item > SILHOUETTE_LEVEL
         y0, x0 = offs[k].tolist()
-        region = canvas[y0:y0 + 28, x0:x0 + 28]
-        region[mask] = item[mask]
+        _paste(canvas[y0:y0 + 28, x0:x0 + 28], item, mask)
         target[y0:y0 + 28, x0:x0 + 28][mask] = 1 + int(labels[picks[k]])
     return canvas.round().clamp(0, 255).to(torch.uint8).unsqueeze(0), target
 
