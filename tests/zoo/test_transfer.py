@@ -1,7 +1,9 @@
+import pytest
 import torch
+from torch import nn
 
 from prunekit.zoo import models
-from prunekit.zoo.transfer import inflate_to_video, transfer_vit
+from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, transfer_vit
 
 
 def test_transfer_same_patch_larger_grid_copies_blocks_and_resamples_pos():
@@ -39,3 +41,17 @@ def test_inflated_video_embeds_a_static_clip_as_its_frame():
         torch.testing.assert_close(tokens, per_frame.repeat(1, 4, 1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(video.pos_embed[:, 1:], image.pos_embed[:, 1:].repeat(1, 4, 1))
         assert torch.equal(video.blocks[3].norm1.weight, image.blocks[3].norm1.weight)
+
+
+def test_decoder_from_head_scores_each_patch_as_the_classifier_does():
+    cls = models.vit(28, 4, 96, 8, 4, 10, global_pool="avg", fc_norm=False).eval()
+    seg = transfer_vit(cls.state_dict(), models.build_segvit(4)).eval()
+    decoder_from_head(cls.state_dict(), seg.decoder)
+    x = torch.randn(2, 1, 56, 56)
+    with torch.no_grad():
+        tokens = seg.encoder.forward_features(x)[:, seg.encoder.num_prefix_tokens:]
+        per_patch = seg.decoder(tokens)
+        assert torch.allclose(per_patch[..., 1:], cls.head(tokens), atol=1e-6)  # item rows = classifier
+        assert torch.equal(per_patch[..., 0], torch.zeros_like(per_patch[..., 0]))  # background row at zero
+    with pytest.raises(ValueError, match="background row"):
+        decoder_from_head(cls.state_dict(), nn.Linear(96, 10))

@@ -17,7 +17,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import nn
 
-__all__ = ["transfer_vit", "inflate_to_video"]
+__all__ = ["transfer_vit", "inflate_to_video", "decoder_from_head"]
 
 
 def _encoder(model: nn.Module) -> tuple[nn.Module, str]:
@@ -72,3 +72,26 @@ def inflate_to_video(image_state: dict[str, torch.Tensor], video: nn.Module) -> 
     own.update(state)
     video.load_state_dict(own)
     return video
+
+
+@torch.no_grad()
+def decoder_from_head(cls_state: dict[str, torch.Tensor], decoder: nn.Linear) -> nn.Linear:
+    """Start a per-patch segmentation decoder from an image classifier's ``head``.
+
+    Row ``1 + c`` of ``decoder`` (label 0 is background) takes class ``c``'s head weights, so a patch
+    token of an item scores that item's class from the first step; the background row starts at zero.
+
+    >>> from prunekit.zoo.models import vit
+    >>> d = decoder_from_head(vit(28, 4, 32, 1, 2, 10).state_dict(), nn.Linear(32, 11))
+    >>> float(d.weight[0].abs().sum()), tuple(d.weight.shape)
+    (0.0, (11, 32))
+    """
+    w, b = cls_state["head.weight"], cls_state["head.bias"]
+    if decoder.out_features != w.shape[0] + 1 or decoder.in_features != w.shape[1]:
+        raise ValueError(f"decoder_from_head: decoder {decoder.in_features}->{decoder.out_features} does not fit "
+                         f"a head {w.shape[1]}->{w.shape[0]} plus a background row")
+    decoder.weight.zero_()
+    decoder.bias.zero_()
+    decoder.weight[1:] = w
+    decoder.bias[1:] = b
+    return decoder
