@@ -19,9 +19,10 @@ from torch import nn
 from tqdm import tqdm
 
 from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normalize
+from prunekit.data.mosaic import on_texture
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
-from prunekit.zoo.transfer import inflate_to_video, transfer_vit
+from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, transfer_vit
 
 __all__ = ["train_model", "fit", "RECIPES", "MORE", "SUBSET"]
 
@@ -42,12 +43,14 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
     return x
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bool = False) -> Batches:
+def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bool = False,
+            textured: bool = False) -> Batches:
+    """Shuffled batches; ``textured`` pastes each item on a fresh mosaic-texture crop (:func:`on_texture`)."""
     def batches(g: torch.Generator):
         order = torch.randperm(x.shape[0], generator=g)
         for i in range(0, len(order) - batch + 1, batch):
             idx = order[i:i + batch]
-            xb, yb = normalize(x[idx]), y[idx]
+            xb, yb = normalize(on_texture(x[idx], g) if textured else x[idx]), y[idx]
             if augment and not seg:
                 xb = _augment(xb, g)
             elif augment and seg:  # flip image and mask together
@@ -174,23 +177,35 @@ def recipe_vit(seed: int, quick: bool, start_from: dict | None = None) -> tuple[
     return fine, route + (" (stage 3 resumed from the stage-2 checkpoint)" if start_from else "")
 
 
-def recipe_segvit(seed: int, quick: bool) -> tuple[nn.Module, str]:
-    """Pre-train the encoder on Fashion-MNIST at 49 tokens (patch 4, the canvas's item scale), then segment.
+def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_epochs: float = 4,
+                  seg_lr: float = 3e-4, seg_samples: int = 32000) -> tuple[nn.Module, str]:
+    """Pre-train the encoder on Fashion-MNIST items pasted on mosaic textures at 49 tokens, then segment.
 
     The image classifier has the segmentation encoder's shape (8 blocks, width 96, patch 4): on the
     28 px items a token covers 4x4 px, exactly as on the 56 px canvas, so only the position embedding
-    is resampled (7x7 -> 14x14), as Segmenter starts from an ImageNet ViT.
+    is resampled (7x7 -> 14x14), as Segmenter starts from an ImageNet ViT. The classifier averages the
+    patch tokens (no class-token pooling), so every patch token learns its item's class, and its head
+    starts the decoder's item rows. ``start_from``: the segmentation model's state after that transfer
+    (skips pre-training).
     """
     xi, yi = _fmnist(1024 if quick else None)
-    e_pre, n_seg, e_seg = (0.1, 512, 0.1) if quick else (3, 16000, 4)
-    pre = models.vit(28, 4, 96, 8, 4, 10)
-    fit(pre, _loader(xi, yi, 128, True), e_pre, 1e-3, xi.shape[0] // 128, seed, desc="mosaic-segvit pretrain")
-    model = transfer_vit(pre.state_dict(), models.build_segvit(4))
+    e_pre, n_seg, e_seg = (0.1, 512, 0.1) if quick else (3, seg_samples, seg_epochs)
+    model = models.build_segvit(4)
+    if start_from is None:
+        pre = models.vit(28, 4, 96, 8, 4, 10, global_pool="avg", fc_norm=False)
+        fit(pre, _loader(xi, yi, 128, True, textured=True), e_pre, 1e-3, xi.shape[0] // 128, seed,
+            desc="mosaic-segvit pretrain")
+        transfer_vit(pre.state_dict(), model)
+        decoder_from_head(pre.state_dict(), model.decoder)
+    else:
+        model.load_state_dict(start_from)
     x, y = load_mosaic("train", n=n_seg, seed=seed)
-    fit(model, _loader(x, y, 64, True, seg=True), e_seg, 5e-4, x.shape[0] // 64, seed + 1, desc="mosaic-segvit")
-    return model, (f"encoder pre-trained {e_pre} epochs on {xi.shape[0]} Fashion-MNIST images at 49 tokens "
-                   f"(8 blocks, patch 4, lr 1e-3), pos embed resampled to 14x14; then {e_seg} epochs on {n_seg} "
-                   "mosaics at 196 tokens, batch 64, AdamW lr 5e-4, flip augmentation")
+    fit(model, _loader(x, y, 64, True, seg=True), e_seg, seg_lr, x.shape[0] // 64, seed + 1, desc="mosaic-segvit")
+    return model, (f"encoder pre-trained {e_pre} epochs on {xi.shape[0]} Fashion-MNIST images pasted on mosaic "
+                   "textures at 49 tokens (8 blocks, patch 4, average-pooled patch tokens, lr 1e-3), pos embed "
+                   f"resampled to 14x14, decoder item rows from the classifier head; then {e_seg} epochs on "
+                   f"{n_seg} mosaics at 196 tokens, batch 64, AdamW lr {seg_lr:g}, flip augmentation"
+                   + (" (segmentation stage resumed from the pre-trained state)" if start_from else ""))
 
 
 def recipe_vivit(seed: int, quick: bool) -> tuple[nn.Module, str]:
