@@ -32,3 +32,52 @@ def test_csp_stage_split_width_follows_the_pruned_expansion():
     stages = [m for m in model.modules() if type(m).__name__ == "CrossStage3"]
     assert stages and all(m.expand_chs == m.conv_exp.conv.out_channels for m in stages)
     assert any(m.expand_chs < b for m, b in zip(stages, before, strict=True))
+
+
+def test_res2net_split_width_follows_the_pruned_pieces():
+    # Bottle2neck splits conv1's output with torch.split(out, self.width, 1): equal pieces of a literal width
+    from timm.models.res2net import Bottle2neck
+    from timm.models.resnet import ResNet
+    torch.manual_seed(0)
+    model = ResNet(block=Bottle2neck, layers=[1, 1, 1, 1], base_width=26, block_args=dict(scale=4),
+                   num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = [m.width for m in model.modules() if isinstance(m, Bottle2neck)]
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10)
+    assert res.macs_after <= 0.6 * res.macs_before
+    blocks = [m for m in model.modules() if isinstance(m, Bottle2neck)]
+    assert all(m.width * m.scale == m.conv1.out_channels for m in blocks)
+    assert all(m.conv3.in_channels == m.width + sum(c.out_channels for c in m.convs) for m in blocks)
+    assert all(m.width < b for m, b in zip(blocks, before, strict=True))
+
+
+def test_selective_kernel_split_follows_its_pruned_paths():
+    # SKNet: torch.split(x, self.in_channels // self.num_paths, 1) feeds one piece to each path
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("skresnet18", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10)
+    assert res.macs_after <= 0.6 * res.macs_before
+    sks = [m for m in model.modules() if type(m).__name__ == "SelectiveKernel"]
+    assert sks and all(m.in_channels == m.num_paths * m.paths[0].conv.in_channels for m in sks)
+
+
+def test_split_attention_keeps_its_radix():
+    # ResNeSt: reshape(B, self.radix, RC // self.radix, H, W): the radix is a literal of the forward, so the
+    # grouped conv keeps both radix groups (pruning one would leave RC // radix wrong)
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("resnest14d", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == ref.shape and res.macs_after < 0.9 * res.macs_before
+    attns = [m for m in model.modules() if type(m).__name__ == "SplitAttn"]
+    assert attns and all(m.conv.groups == m.radix and m.fc1.in_channels == m.conv.out_channels // m.radix
+                         for m in attns)

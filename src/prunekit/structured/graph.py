@@ -548,6 +548,8 @@ class _Tracer(TorchDispatchMode):
         stream = [n for lb in self.lab(x) for n in lb]
         labels: list[Label] = []
         g = self.g
+        chan = self.lab(x)[1] if x.dim() >= 4 else ()
+        composite = len(chan) > 1 or any(g.defn[g.find(n)] is not None for n in chan)
         ok = True
         for s in out.shape:
             acc: list[int] = []
@@ -581,7 +583,18 @@ class _Tracer(TorchDispatchMode):
         if not ok or stream:
             self.fix_all(args, out)
             return
+        if composite:  # already (groups, per-group) etc.; a leaf split here keeps its outer part "split"
+            self._fix_outer_channel_dims(chan, labels)
         self.set(out, labels)
+
+    def _fix_outer_channel_dims(self, channel: Label, labels: list[Label]) -> None:
+        """A feature map's channels viewed as several dims, e.g. ``reshape(B, self.radix, C // self.radix, ..)``:
+        all but the innermost are literal sizes of the forward (radix, groups of a channel shuffle), so fixed."""
+        g = self.g
+        chan = {leaf for n in channel for leaf in g.leaves(n)}
+        dims = [lb for lb in labels if lb and all(leaf in chan for n in lb for leaf in g.leaves(n))]
+        for lb in dims[:-1]:
+            g.fix(lb)
 
     def op_expand(self, func, args, kwargs, out):
         x = args[0]

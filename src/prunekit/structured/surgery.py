@@ -123,13 +123,28 @@ def _timm_csp_stage(m: nn.Module) -> None:
     m.expand_chs = m.conv_exp.conv.weight.shape[0]
 
 
+def _timm_res2net(m: nn.Module) -> None:
+    # forward: torch.split(out, self.width, 1) into equal pieces, the first ones read by self.convs
+    m.width = m.convs[0].in_channels if len(m.convs) else m.conv1.out_channels // m.scale
+
+
+def _timm_selective_kernel(m: nn.Module) -> None:
+    # forward: torch.split(x, self.in_channels // self.num_paths, 1), one equal piece per path
+    first = next(c for c in m.paths[0].modules() if isinstance(c, nn.Conv2d))
+    m.in_channels = first.in_channels * m.num_paths if m.split_input else first.in_channels
+    m.out_channels = first.out_channels
+
+
 # Modules whose forward reads a width from an attribute that is not a standard layer's.
 CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit,
                 "timm.models.metaformer.Scale": _timm_metaformer_scale,
                 "timm.models.cspnet.CrossStage": _timm_csp_stage,
                 "timm.models.cspnet.CrossStage3": _timm_csp_stage,
                 "timm.layers.blur_pool.BlurPool2d": _timm_blur_pool,
-                "timm.layers.mixed_conv2d.MixedConv2d": _timm_mixed_conv}
+                "timm.layers.mixed_conv2d.MixedConv2d": _timm_mixed_conv,
+                "timm.models.res2net.Bottle2neck": _timm_res2net,
+                "timm.models.dla.DlaBottle2neck": _timm_res2net,
+                "timm.layers.selective_kernel.SelectiveKernel": _timm_selective_kernel}
 
 
 def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
