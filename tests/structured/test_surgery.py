@@ -81,3 +81,22 @@ def test_split_attention_keeps_its_radix():
     attns = [m for m in model.modules() if type(m).__name__ == "SplitAttn"]
     assert attns and all(m.conv.groups == m.radix and m.fc1.in_channels == m.conv.out_channels // m.radix
                          for m in attns)
+
+
+def test_bottleneck_and_halo_attention_head_widths_follow_their_projections():
+    # BoTNet / HaloNet: split and reshape by dim_out_qk, dim_head_qk, dim_head_v; heads are literal
+    from timm.layers.bottleneck_attn import BottleneckAttn
+    from timm.layers.halo_attn import HaloAttn
+    from torch import nn
+    torch.manual_seed(0)
+    for attn in (BottleneckAttn(32, 32, feat_size=8, num_heads=4), HaloAttn(32, 32, feat_size=8, num_heads=4,
+                                                                          block_size=4, halo_size=1)):
+        model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), attn, nn.Conv2d(32, 10, 1)).eval()
+        x = torch.randn(2, 3, 8, 8)
+        res = prunekit.prune(model, (x,), ratio=0.3)
+        assert model(x).shape == (2, 10, 8, 8)
+        assert res.macs_after < (0.8 if isinstance(attn, BottleneckAttn) else 0.9) * res.macs_before
+        assert attn.num_heads == 4 and attn.dim_head_qk == attn.pos_embed.height_rel.shape[-1]
+        assert attn.dim_out_v == attn.num_heads * attn.dim_head_v
+        if isinstance(attn, BottleneckAttn):  # HaloAttn's kv split by head keeps its widths whole
+            assert attn.dim_head_qk < 8

@@ -135,6 +135,16 @@ def _timm_selective_kernel(m: nn.Module) -> None:
     m.out_channels = first.out_channels
 
 
+def _timm_rel_pos_attention(m: nn.Module) -> None:
+    # BottleneckAttn / HaloAttn: split and reshape by self.dim_out_qk, dim_head_qk, dim_head_v, dim_out_v;
+    # heads stay (their count is a literal of the reshape), the head widths follow the pruned projections
+    m.dim_head_qk = m.pos_embed.dim_head = m.pos_embed.height_rel.shape[-1]
+    m.dim_out_qk = m.num_heads * m.dim_head_qk
+    total = m.qkv.out_channels if hasattr(m, "qkv") else m.q.out_channels + m.kv.out_channels
+    m.dim_out_v = total - 2 * m.dim_out_qk
+    m.dim_head_v = m.dim_out_v // m.num_heads
+
+
 # Modules whose forward reads a width from an attribute that is not a standard layer's.
 CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit,
                 "timm.models.metaformer.Scale": _timm_metaformer_scale,
@@ -144,7 +154,9 @@ CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torc
                 "timm.layers.mixed_conv2d.MixedConv2d": _timm_mixed_conv,
                 "timm.models.res2net.Bottle2neck": _timm_res2net,
                 "timm.models.dla.DlaBottle2neck": _timm_res2net,
-                "timm.layers.selective_kernel.SelectiveKernel": _timm_selective_kernel}
+                "timm.layers.selective_kernel.SelectiveKernel": _timm_selective_kernel,
+                "timm.layers.bottleneck_attn.BottleneckAttn": _timm_rel_pos_attention,
+                "timm.layers.halo_attn.HaloAttn": _timm_rel_pos_attention}
 
 
 def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
