@@ -150,3 +150,18 @@ def test_heads_merged_into_an_attribute_width_follow_pruning(name, kw):
     _assert_identity_at_zero(model, x)
     res = prunekit.prune(model, (x,), ratio=0.3)
     assert model(x).shape == (1, 10) and res.macs_ratio < 0.8
+
+
+def test_lambda_layer_maps_back_to_a_feature_map_of_its_own_width():
+    """LambdaNet: ``out.reshape(B, C, H, W)`` with the input's C becomes ``reshape(B, -1, H, W)``."""
+    from timm.layers.lambda_layer import LambdaLayer
+    assert rewritten(LambdaLayer) is not None
+    torch.manual_seed(0)
+    layer = LambdaLayer(32, 32, feat_size=8, num_heads=4, dim_head=8)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), layer, nn.Conv2d(32, 10, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    _assert_identity_at_zero(model, x)
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (2, 10, 8, 8) and res.macs_ratio < 0.95
+    assert layer.qkv.in_channels < 32  # input width pruned: the original reshape(B, C, H, W) would fail
+    assert type(layer).__name__ == "WF__timm__layers__lambda_layer__LambdaLayer"

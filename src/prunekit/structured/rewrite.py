@@ -12,6 +12,7 @@ helpers it calls):
   (:func:`head_dim`);
 - a ``.reshape(..)``/``.view(..)`` whose last size is the input width ``C`` (``x.transpose(1, 2)
   .reshape(B, N, C)``) ends in ``-1`` instead;
+- ``.reshape(B, C, H, W)`` back to a feature map (LambdaNet) becomes ``.reshape(B, -1, H, W)``;
 - ``.reshape(B, C, -1)`` of a feature map (PVT-v2's and Twins' spatial reduction) becomes ``.flatten(2)``;
 - ``.reshape(B, -1, self.dim_out)`` of ``(B, ..., heads, head_dim)`` (MViTv2, Hiera) becomes
   ``.flatten(-2).flatten(1, -2)``: heads and head size merged, every dimension between into one.
@@ -52,6 +53,7 @@ PREFIX = "WF"
 _HEAD_DIM = re.compile(r"\bC\s*//\s*self\.(num_heads|groups)\b")
 _CALL = re.compile(r"\.(reshape|view)\(([^()]*)\)")
 _LAST_C = re.compile(r",\s*C\s*$")
+_MAP_C = re.compile(r"^(\s*B\s*,\s*)C(\s*,\s*H\s*,\s*W\s*)$")
 _MINUS_ONE = re.compile(r"(?<![\w.])-\s*1\b")
 _FLATTEN = re.compile(r"\.reshape\(\s*B\s*,\s*C\s*,\s*-1\s*\)")
 _MERGE_HEADS = re.compile(r"\.reshape\(\s*B\s*,\s*-1\s*,\s*self\.\w+\s*\)")
@@ -84,6 +86,8 @@ def _rewrite_call(m: re.Match) -> str:
         args, infers = _HEAD_DIM.sub("-1", args, count=1), True
     if not infers and _LAST_C.search(args):  # x.transpose(1, 2).reshape(B, N, C)
         args = _LAST_C.sub(", -1", args)
+    elif not infers and _MAP_C.match(args):  # back to a feature map: out.reshape(B, C, H, W)
+        args = _MAP_C.sub(r"\g<1>-1\g<2>", args)
     return f".{method}({args})"
 
 
