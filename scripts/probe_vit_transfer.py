@@ -12,8 +12,9 @@ import json
 import torch
 from torch import nn
 
-from prunekit.data import load_fashion_mnist, normalize
+from prunekit.data import load_fashion_mnist
 from prunekit.zoo import load, models
+from prunekit.zoo.registry import top1
 from prunekit.zoo.train import _loader, fit
 from prunekit.zoo.transfer import transfer_vit
 
@@ -21,10 +22,7 @@ EPOCHS, FT_STEPS = 1.0, 150
 
 
 def accuracy(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    m.eval()
-    with torch.no_grad():
-        hits = sum((m(normalize(x[i:i + 250])).argmax(1) == y[i:i + 250]).sum().item() for i in range(0, len(x), 250))
-    return round(hits / len(x), 4)
+    return round(top1(m, x, y), 4)
 
 
 def main() -> None:
