@@ -124,8 +124,8 @@ def _timm_csp_stage(m: nn.Module) -> None:
 
 
 def _timm_res2net(m: nn.Module) -> None:
-    # forward: torch.split(out, self.width, 1) into equal pieces, the first ones read by self.convs
-    m.width = m.convs[0].in_channels if len(m.convs) else m.conv1.out_channels // m.scale
+    # forward: torch.split(out, self.width, 1) into equal pieces, the first ones read by self.convs (always >= 1)
+    m.width = m.convs[0].in_channels
 
 
 def _timm_selective_kernel(m: nn.Module) -> None:
