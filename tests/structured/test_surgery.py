@@ -100,3 +100,35 @@ def test_bottleneck_and_halo_attention_head_widths_follow_their_projections():
         assert attn.dim_out_v == attn.num_heads * attn.dim_head_v
         if isinstance(attn, BottleneckAttn):  # HaloAttn's kv split by head keeps its widths whole
             assert attn.dim_head_qk < 8
+
+
+def test_efficientvim_mixer_split_widths_follow_its_pruned_projections():
+    # HSMSSD: split(BCdt, [state_dim] * 3) with A of length state_dim, then split(hz, [d_inner] * 2)
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("efficientvim_m1", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    mixers = [m for m in model.modules() if type(m).__name__ == "HSMSSD"]
+    before = [(m.state_dim, m.d_inner) for m in mixers]
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10)
+    assert res.macs_after <= 0.8 * res.macs_before
+    assert mixers and all(m.state_dim == m.A.shape[0] == m.dw.conv.out_channels // 3 for m in mixers)
+    assert all(2 * m.d_inner == m.hz_proj.conv.out_channels for m in mixers)
+    assert [(m.state_dim, m.d_inner) for m in mixers] != before
+
+
+def test_efficientformerv2_attention_value_width_follows_its_pruned_projection():
+    # Attention2d / Attention2dDownsample: (attn @ v).reshape(B, self.dh, H, W); heads are literal
+    from timm.models.efficientformer_v2 import EfficientFormerV2
+    torch.manual_seed(0)
+    model = EfficientFormerV2(depths=(1, 1, 2, 2), embed_dims=(16, 24, 32, 48), img_size=64, num_vit=2,
+                              downsamples=(False, True, True, True), num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    attns = [m for m in model.modules() if type(m).__name__.startswith("Attention2d")]
+    before = [m.dh for m in attns]
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10)
+    assert res.macs_after <= 0.8 * res.macs_before
+    assert attns and all(m.dh == m.v.conv.out_channels == m.num_heads * m.d for m in attns)
+    assert any(m.dh < b for m, b in zip(attns, before, strict=True))

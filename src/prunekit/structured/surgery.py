@@ -145,6 +145,18 @@ def _timm_rel_pos_attention(m: nn.Module) -> None:
     m.dim_head_v = m.dim_out_v // m.num_heads
 
 
+def _timm_hsmssd(m: nn.Module) -> None:
+    # EfficientViM's mixer: split(BCdt, [state_dim] * 3) with A of state_dim, split(hz, [d_inner] * 2)
+    m.state_dim = m.A.shape[0]
+    m.d_inner = m.out_proj.conv.in_channels
+
+
+def _timm_efficientformerv2_attention(m: nn.Module) -> None:
+    # Attention2d(Downsample): reshape(B, self.dh, H, W) of attn @ v; heads stay (a literal of the reshapes)
+    m.dh = m.v.conv.out_channels
+    m.d, m.key_dim = m.dh // m.num_heads, m.k.conv.out_channels // m.num_heads
+
+
 # Modules whose forward reads a width from an attribute that is not a standard layer's.
 CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torchvision_vit,
                 "timm.models.metaformer.Scale": _timm_metaformer_scale,
@@ -156,7 +168,10 @@ CLASS_FIXUPS = {"torchvision.models.vision_transformer.VisionTransformer": _torc
                 "timm.models.dla.DlaBottle2neck": _timm_res2net,
                 "timm.layers.selective_kernel.SelectiveKernel": _timm_selective_kernel,
                 "timm.layers.bottleneck_attn.BottleneckAttn": _timm_rel_pos_attention,
-                "timm.layers.halo_attn.HaloAttn": _timm_rel_pos_attention}
+                "timm.layers.halo_attn.HaloAttn": _timm_rel_pos_attention,
+                "timm.models.efficientvim.HSMSSD": _timm_hsmssd,
+                "timm.models.efficientformer_v2.Attention2d": _timm_efficientformerv2_attention,
+                "timm.models.efficientformer_v2.Attention2dDownsample": _timm_efficientformerv2_attention}
 
 
 def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shapes: dict[str, tuple]) -> None:
