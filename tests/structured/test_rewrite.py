@@ -165,3 +165,22 @@ def test_lambda_layer_maps_back_to_a_feature_map_of_its_own_width():
     assert model(x).shape == (2, 10, 8, 8) and res.macs_ratio < 0.95
     assert layer.qkv.in_channels < 32  # input width pruned: the original reshape(B, C, H, W) would fail
     assert type(layer).__name__ == "WF__timm__layers__lambda_layer__LambdaLayer"
+
+
+def test_outlook_attention_folds_back_a_map_of_its_own_width():
+    """VOLO: ``x.reshape(B, C * k * k, h * w)`` before ``fold`` with the input's C becomes ``reshape(B, -1, h * w)``."""
+    from timm.models.volo import VOLO, OutlookAttention
+
+    from prunekit.structured.rewrite import _rewrite_source
+    assert rewritten(OutlookAttention) is not None
+    assert _rewrite_source("x.reshape(B, C * self.kernel_size * self.kernel_size, h * w)") == "x.reshape(B, -1, h * w)"
+    torch.manual_seed(0)
+    model = VOLO(layers=(1, 1, 1, 1), img_size=64, embed_dims=(32, 64, 64, 64), num_heads=(2, 4, 4, 4),
+                 num_classes=10, stem_hidden_dim=16).eval()
+    x = torch.randn(1, 3, 64, 64)
+    _assert_identity_at_zero(model, x)
+    res = prunekit.prune(model, (x,), ratio=0.3)
+    assert model(x).shape == (1, 10) and res.macs_ratio < 0.8
+    outlookers = [m for m in model.modules() if isinstance(m, OutlookAttention)]
+    assert outlookers and all(type(m).__name__.startswith("WF__") for m in outlookers)
+    assert all(m.v.weight.shape != (32, 32) for m in outlookers)  # the original reshapes would fail

@@ -13,6 +13,7 @@ helpers it calls):
 - a ``.reshape(..)``/``.view(..)`` whose last size is the input width ``C`` (``x.transpose(1, 2)
   .reshape(B, N, C)``) ends in ``-1`` instead;
 - ``.reshape(B, C, H, W)`` back to a feature map (LambdaNet) becomes ``.reshape(B, -1, H, W)``;
+- a size ``C * ...`` (VOLO's ``.reshape(B, C * k * k, h * w)`` before ``fold``) becomes ``-1``;
 - ``.reshape(B, C, -1)`` of a feature map (PVT-v2's and Twins' spatial reduction) becomes ``.flatten(2)``;
 - ``.reshape(B, -1, self.dim_out)`` of ``(B, ..., heads, head_dim)`` (MViTv2, Hiera) becomes
   ``.flatten(-2).flatten(1, -2)``: heads and head size merged, every dimension between into one.
@@ -54,6 +55,7 @@ _HEAD_DIM = re.compile(r"\bC\s*//\s*self\.(num_heads|groups)\b")
 _CALL = re.compile(r"\.(reshape|view)\(([^()]*)\)")
 _LAST_C = re.compile(r",\s*C\s*$")
 _MAP_C = re.compile(r"^(\s*B\s*,\s*)C(\s*,\s*H\s*,\s*W\s*)$")
+_SCALED_C = re.compile(r"(?<=,)\s*C\s*\*[^,]*")
 _MINUS_ONE = re.compile(r"(?<![\w.])-\s*1\b")
 _FLATTEN = re.compile(r"\.reshape\(\s*B\s*,\s*C\s*,\s*-1\s*\)")
 _MERGE_HEADS = re.compile(r"\.reshape\(\s*B\s*,\s*-1\s*,\s*self\.\w+\s*\)")
@@ -88,6 +90,8 @@ def _rewrite_call(m: re.Match) -> str:
         args = _LAST_C.sub(", -1", args)
     elif not infers and _MAP_C.match(args):  # back to a feature map: out.reshape(B, C, H, W)
         args = _MAP_C.sub(r"\g<1>-1\g<2>", args)
+    elif not infers and _SCALED_C.search(args):  # VOLO's fold input: x.reshape(B, C * k * k, h * w)
+        args = _SCALED_C.sub(" -1", args, count=1)
     return f".{method}({args})"
 
 
