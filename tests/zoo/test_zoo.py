@@ -9,8 +9,6 @@ TARGETS = {"fmnist-resnet": ("top1", 0.92), "fmnist-vit": ("top1", 0.87),
            "mosaic-segvit": ("miou", 0.65), "motion-vivit": ("top1", 0.85)}
 # Shipped checkpoints known to fall short of the target: strict xfail, so the mark must go once they pass.
 SHORTFALLS = {
-    "fmnist-vit": "4 CPU epochs at 49 tokens + 33,600 images at 196 tokens (24,000 distilled from fmnist-resnet) "
-                  "reach top1 0.82 < 0.87; needs about 2 more epochs at 196 tokens (a GPU session, or ~60 CPU min)",
     "mosaic-segvit": "encoder pre-trained on items pasted on mosaic textures (avg-pooled, 0.76 top1 on textured "
                      "items), decoder started from its head, 4 epochs on 32,000 mosaics: mIoU 0.29 < 0.65. Object vs "
                      "background is 82%/99% right, but the class of foreground pixels only 34%: items are not "
