@@ -180,7 +180,7 @@ def recipe_vit(seed: int, quick: bool, start_from: dict | None = None) -> tuple[
 
     ``start_from``: the 196-token state right after the transfer (skips the 49-token stage).
     """
-    from prunekit.zoo.registry import top1
+    from prunekit.zoo.registry import evaluate_model
     x, y = _fmnist(1024 if quick else None)
     e1, e2 = (0.1, 0.1) if quick else (11, 1)
     soft = teacher_logits(x)
@@ -189,8 +189,7 @@ def recipe_vit(seed: int, quick: bool, start_from: dict | None = None) -> tuple[
         coarse = models.build_vit(4)
         fit(coarse, _loader(x, y, 128, True, soft=soft), e1, 1e-3, x.shape[0] // 128, seed,
             desc="fmnist-vit 49 tokens", **_VIT_DISTILL)
-        xt, yt = load_fashion_mnist("test")
-        coarse_top1 = f" (test top1 {top1(coarse, xt[:256 if quick else None], yt[:256 if quick else None]):.4f})"
+        coarse_top1 = f" (test top1 {evaluate_model('fmnist-vit', coarse, 256 if quick else None)['top1']:.4f})"
         transfer_vit(coarse.state_dict(), fine, skip=())
     else:
         fine.load_state_dict(start_from)
