@@ -1,6 +1,6 @@
 import torch
 
-from prunekit.data import load_corpus, load_mosaic, load_motion
+from prunekit.data import load_corpus, load_fashion_mnist, load_mosaic, load_motion, motion_items
 from prunekit.data.mosaic import NUM_SEG_CLASSES, SILHOUETTE_LEVEL, on_texture
 
 
@@ -40,6 +40,20 @@ def test_motion_static_background_moving_item():
     assert not torch.equal(clip[0], clip[-1])  # but the item moves
     x2, y2 = load_motion("test", n=3, seed=1)
     assert torch.equal(x[:3], x2) and torch.equal(y[:3], y2)
+
+
+def test_motion_items_name_the_item_each_clip_shows():
+    x, y = load_motion("test", n=6, seed=1)
+    k = motion_items("test", n=6, seed=1)
+    items, labels = load_fashion_mnist("test")
+    assert torch.equal(labels[k], y)
+    for clip, idx in zip(x, k, strict=True):
+        item = items[idx, 0]
+        mask = item > 8
+        frame = clip[0, 0]
+        hits = [bool((frame[r:r + 28, c:c + 28][mask] == item[mask]).all())
+                for r in range(29) for c in range(29)]
+        assert any(hits), "the named item is not pasted in the clip's first frame"
 
 
 def test_corpus_is_real_sentences():

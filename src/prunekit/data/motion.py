@@ -18,7 +18,7 @@ from prunekit.data.cache import cached
 from prunekit.data.fashion_mnist import load_fashion_mnist
 from prunekit.data.texture import sample_generator, texture
 
-__all__ = ["FRAMES", "FRAME_SIZE", "make_clip", "load_motion"]
+__all__ = ["FRAMES", "FRAME_SIZE", "make_clip", "load_motion", "motion_items"]
 
 FRAMES = 8
 FRAME_SIZE = 56
@@ -53,9 +53,28 @@ def load_motion(split: str = "test", n: int = 2000, seed: int = 0,
         items, labels = load_fashion_mnist(split, data_dir)
         xs, ys = [], []
         for i in range(n):
-            g = sample_generator(seed, split, i)
-            k = int(torch.randint(0, items.shape[0], (1,), generator=g))
+            k, g = _pick(items.shape[0], seed, split, i)
             xs.append(make_clip(items[k], g))
             ys.append(labels[k])
         return torch.stack(xs), torch.stack(ys)
     return cached(f"motion-{split}-{n}-{seed}", build)
+
+
+def _pick(pool: int, seed: int, split: str, i: int) -> tuple[int, torch.Generator]:
+    """Clip ``i``'s item index in the split, and the generator (advanced past the draw) that builds the clip."""
+    g = sample_generator(seed, split, i)
+    return int(torch.randint(0, pool, (1,), generator=g)), g
+
+
+def motion_items(split: str = "test", n: int = 2000, seed: int = 0,
+                 data_dir: str | os.PathLike | None = None) -> torch.Tensor:
+    """The Fashion-MNIST index of the item in each of the ``n`` clips :func:`load_motion` builds.
+
+    Lets a recipe look up per-item data, e.g. a teacher's logits for the clean 28 px garment.
+
+    >>> k = motion_items("test", n=4)   # doctest: +SKIP
+    >>> bool((load_fashion_mnist("test")[1][k] == load_motion("test", n=4)[1]).all())   # doctest: +SKIP
+    True
+    """
+    pool = load_fashion_mnist(split, data_dir)[0].shape[0]
+    return torch.tensor([_pick(pool, seed, split, i)[0] for i in range(n)])
