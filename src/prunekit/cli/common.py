@@ -8,7 +8,14 @@ from typing import Any
 from prunekit.zoo import NAMES, Workload
 from prunekit.zoo import load as load_zoo
 
-__all__ = ["resolve_model", "print_result", "compare"]
+__all__ = ["resolve_model", "print_result", "compare", "add_measure_args"]
+
+
+def add_measure_args(p) -> None:
+    """The options every measuring subcommand takes: ``--json``, ``--limit N``, ``--repeats N``."""
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per latency measurement")
 
 
 def resolve_model(spec: str) -> Workload:

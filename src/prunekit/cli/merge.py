@@ -2,7 +2,7 @@
 applied off the shelf, measured against the dense model in the ``prunekit profile --json`` shape."""
 from __future__ import annotations
 
-from prunekit.cli.common import compare, print_result, resolve_model
+from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
 from prunekit.measure import profile
 
 
@@ -14,9 +14,7 @@ def register(sub) -> None:
     how.add_argument("--target-macs", type=float, metavar="F",
                      help="fraction of the dense MACs to keep (e.g. 0.62); r is solved for")
     p.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
-    p.add_argument("--repeats", type=int, default=10)
+    add_measure_args(p)
     p.set_defaults(func=run)
 
 

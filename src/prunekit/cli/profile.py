@@ -1,16 +1,14 @@
 """``prunekit profile NAME [--json]``: params, MACs, latency, memory and task metric of a model."""
 from __future__ import annotations
 
-from prunekit.cli.common import print_result, resolve_model
+from prunekit.cli.common import add_measure_args, print_result, resolve_model
 from prunekit.measure import profile
 
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="measure a zoo model, timm:<name> or saved model")
     p.add_argument("model")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
-    p.add_argument("--repeats", type=int, default=10)
+    add_measure_args(p)
     p.set_defaults(func=run)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from prunekit.cli.common import compare, print_result, resolve_model
+from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
 
 
 def register(sub) -> None:
@@ -27,10 +27,8 @@ def register(sub) -> None:
     p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with the dense model as teacher (knowledge distillation)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
-    p.add_argument("--repeats", type=int, default=10)
+    add_measure_args(p)
     p.add_argument("--out", required=True, help="where to save the pruned model (.safetensors)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 

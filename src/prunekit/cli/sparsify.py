@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prunekit.cli.common import compare, print_result, resolve_model
+from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
 from prunekit.measure import profile
 from prunekit.zoo import NAMES
 
@@ -31,9 +31,7 @@ def register(sub) -> None:
     p.add_argument("--kernels", default=None, choices=["auto", "csr", "bsr", "semi"],
                    help="swap Linear layers for sparse kernels (auto: only where a timing shows a speed-up)")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
-    p.add_argument("--repeats", type=int, default=10)
+    add_measure_args(p)
     p.set_defaults(func=run)
 
 
