@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from prunekit.data import load_fashion_mnist, normalize
+from prunekit.data.fashion_mnist import MEAN, STD
 from prunekit.zoo import models
 from prunekit.zoo.train import _loader, _teacher, fit, teacher_logits
 
@@ -43,6 +44,23 @@ def test_soft_loader_yields_the_logits_of_the_sampled_rows():
         assert torch.equal(tb[:, 0].long() % 10, yb)
 
 
+def test_frame_loader_takes_one_random_frame_of_each_clip():
+    n, t = 12, 8
+    clips = torch.arange(t, dtype=torch.uint8).view(1, 1, t, 1, 1).repeat(n, 1, 1, 4, 4)
+    clips[:, 0, :, 0, 0] = torch.arange(n, dtype=torch.uint8)[:, None] + 100  # clip id in a corner pixel
+    y, soft = torch.arange(n) % 10, torch.arange(float(n))[:, None].repeat(1, 10)
+    seen = set()
+    for xb, yb, tb in _loader(clips, y, 4, False, soft=soft, frames=True)(torch.Generator().manual_seed(0)):
+        assert xb.shape == (4, 1, 4, 4)
+        raw = xb * STD + MEAN  # undo normalize, back to [0, 1]
+        ids = (raw[:, 0, 0, 0] * 255).round().long() - 100
+        assert torch.equal(tb[:, 0].long(), ids) and torch.equal(yb, ids % 10)
+        frame = (raw[:, 0, 1, 1] * 255).round().long()
+        assert ((frame >= 0) & (frame < t)).all()
+        seen |= set(frame.tolist())
+    assert len(seen) > 1, "every clip gave the same frame"
+
+
 def test_quick_vit_recipe_gives_a_196_token_model():
     from prunekit.zoo.train import recipe_vit
     model, route = recipe_vit(0, quick=True)
@@ -50,3 +68,14 @@ def test_quick_vit_recipe_gives_a_196_token_model():
     assert "49 tokens" in route and "distilled" in route
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert type(model) is type(models.build_vit(2))
+
+
+def test_quick_vivit_recipe_gives_a_196_token_video_model_distilled_per_clip():
+    from prunekit.zoo.train import _motion_train, recipe_vivit
+    x, y, soft = _motion_train(64, 0)
+    assert soft.shape == (64, 10)
+    assert (soft.argmax(1) == y).float().mean() > 0.8  # the teacher's logits are for each clip's own item
+    model, route = recipe_vivit(0, quick=True)
+    assert model.patch_embed.num_patches == 196 and len(model.blocks) == 8
+    assert "49 tokens" in route and "distilled" in route
+    assert model(torch.zeros(2, 1, 8, 56, 56)).shape == (2, 10)
