@@ -5,7 +5,7 @@ from torch import nn
 from prunekit.data import load_fashion_mnist, normalize
 from prunekit.data.fashion_mnist import MEAN, STD
 from prunekit.zoo import models
-from prunekit.zoo.train import _loader, _teacher, fit, teacher_logits
+from prunekit.zoo.train import _loader, _random_crops, _teacher, fit, teacher_logits
 
 
 def _tiny() -> nn.Module:
@@ -59,6 +59,42 @@ def test_frame_loader_takes_one_random_frame_of_each_clip():
         assert ((frame >= 0) & (frame < t)).all()
         seen |= set(frame.tolist())
     assert len(seen) > 1, "every clip gave the same frame"
+
+
+def test_random_crops_take_the_same_window_of_image_and_label_map():
+    n, side, size = 16, 56, 28
+    where = torch.arange(side * side).view(side, side)  # each pixel names its own position
+    y = where.repeat(n, 1, 1)
+    x = y[:, None].float()
+    xb, yb = _random_crops(x, y, size, torch.Generator().manual_seed(0))
+    assert xb.shape == (n, 1, size, size) and yb.shape == (n, size, size)
+    assert torch.equal(xb[:, 0].long(), yb)
+    for k in range(n):
+        a, b = divmod(int(yb[k, 0, 0]), side)
+        assert a <= side - size and b <= side - size
+        assert torch.equal(yb[k], where[a:a + size, b:b + size])
+    assert len(set(yb[:, 0, 0].tolist())) > 1, "every sample got the same window"
+
+
+def test_crop_loader_keeps_image_and_labels_aligned_through_the_flip():
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 11, (32, 56, 56), generator=g)
+    x = (y * 20).to(torch.uint8)[:, None]  # the image spells out its label map
+    flipped = 0
+    for xb, yb in _loader(x, y, 8, True, seg=True, crop=28)(torch.Generator().manual_seed(2)):
+        assert xb.shape == (8, 1, 28, 28) and yb.shape == (8, 28, 28)
+        assert torch.equal(((xb[:, 0] * STD + MEAN) * 255 / 20).round().long(), yb)
+        flipped += 1
+    assert flipped == 4
+
+
+def test_quick_segvit_recipe_segments_whole_mosaics_after_28px_crops():
+    from prunekit.zoo.train import recipe_segvit
+    model, route = recipe_segvit(0, quick=True)
+    assert type(model) is type(models.build_segvit(4))
+    assert model.encoder.patch_embed.num_patches == 196 and len(model.encoder.blocks) == 8
+    assert model(torch.zeros(2, 1, 56, 56)).shape == (2, 11, 56, 56)
+    assert "28 px windows" in route and "distilled" in route and "196 tokens" in route
 
 
 def test_quick_vit_recipe_gives_a_196_token_model():

@@ -23,6 +23,16 @@ def test_transfer_into_segmenter_encoder_takes_first_blocks():
     assert torch.equal(seg.encoder.blocks[7].mlp.fc2.weight, src.blocks[7].mlp.fc2.weight)
 
 
+def test_transfer_between_segmenters_copies_encoder_and_decoder():
+    crops = models.SegViT(models.vit(28, 4, 96, 8, 4, 0, global_pool=""), 11)
+    seg = transfer_vit(crops.state_dict(), models.build_segvit(4), skip=())
+    assert torch.equal(seg.decoder.weight, crops.decoder.weight) and torch.equal(seg.decoder.bias, crops.decoder.bias)
+    assert torch.equal(seg.encoder.blocks[5].attn.qkv.weight, crops.encoder.blocks[5].attn.qkv.weight)
+    assert torch.equal(seg.encoder.patch_embed.proj.weight, crops.encoder.patch_embed.proj.weight)
+    assert seg.encoder.pos_embed.shape == (1, 1 + 196, 96)
+    assert torch.equal(seg.encoder.pos_embed[:, 0], crops.encoder.pos_embed[:, 0])
+
+
 def test_transfer_pi_resizes_patch_embed_to_finer_patch():
     coarse, fine = models.build_vit(4), models.build_vit(2)
     transfer_vit(coarse.state_dict(), fine, skip=())

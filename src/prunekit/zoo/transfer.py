@@ -31,12 +31,16 @@ def transfer_vit(src_state: dict[str, torch.Tensor], dst: nn.Module, skip: tuple
     The patch embedding is PI-resized to ``dst``'s patch, the position embedding is interpolated to
     ``dst``'s grid (prefix tokens kept), keys starting with ``skip`` (the classifier) are left as
     initialised, and blocks ``dst`` lacks are dropped (a shallower encoder takes the first blocks).
+    ``src_state`` may be a bare ViT's (loaded into ``dst.encoder`` when ``dst`` wraps one) or one of
+    the same wrapper as ``dst`` (a 49-token :class:`~prunekit.zoo.models.SegViT` into a 196-token one).
     """
     enc, prefix = _encoder(dst)
     own = dst.state_dict()
     grid = list(enc.patch_embed.grid_size)
     for key, value in src_state.items():
-        name = prefix + key
+        if prefix and key.startswith(prefix):  # a state of the same wrapper as dst
+            key = key[len(prefix):]
+        name = prefix + key if prefix + key in own else key
         if key.startswith(skip) or name not in own:
             continue
         if key == "patch_embed.proj.weight" and value.shape[-2:] != own[name].shape[-2:]:
