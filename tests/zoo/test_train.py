@@ -97,6 +97,28 @@ def test_quick_segvit_recipe_segments_whole_mosaics_after_28px_crops():
     assert "28 px windows" in route and "distilled" in route and "196 tokens" in route
 
 
+def test_textured_top1_scores_raw_images_once_normalised():
+    from prunekit.zoo.registry import top1
+    from prunekit.zoo.train import textured_top1
+    teacher = _teacher()
+    x, y = load_fashion_mnist("test")
+    clean = top1(teacher, x[:200], y[:200])
+    textured = textured_top1(teacher, 200, 0)
+    assert clean > 0.85  # top1 normalises, so raw uint8 images are the right input
+    # fmnist-resnet never saw textures (0.25 on these 200); normalising the input twice gives 0.08, chance
+    assert 0.15 < textured < clean
+
+
+def test_segvit_continuation_trains_the_shipped_checkpoint_on_whole_mosaics():
+    from prunekit.zoo.store import load_state
+    from prunekit.zoo.train import _continue
+    model, route, before = _continue("mosaic-segvit", 0, True, 0.2)
+    shipped = load_state("mosaic-segvit")
+    assert before > 0 and "0.2 more epochs on the 512 whole mosaics at 196 tokens" in route
+    assert not torch.equal(model.decoder.weight, shipped["decoder.weight"])
+    assert model(torch.zeros(1, 1, 56, 56)).shape == (1, 11, 56, 56)
+
+
 def test_quick_vit_recipe_gives_a_196_token_model():
     from prunekit.zoo.train import recipe_vit
     model, route = recipe_vit(0, quick=True)

@@ -16,7 +16,7 @@ def register(sub) -> None:
     t.add_argument("--quick", action="store_true", help="a tiny smoke run (not a usable model)")
     t.add_argument("--more-epochs", type=float, default=0.0,
                    help="continue the shipped checkpoint for E more epochs of its last stage "
-                        "(fmnist-vit, motion-vivit)")
+                        "(fmnist-vit, mosaic-segvit, motion-vivit)")
     t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
     t.set_defaults(func=run_train)
 

@@ -224,6 +224,13 @@ def recipe_vit(seed: int, quick: bool, start_from: dict | None = None) -> tuple[
     return fine, route + (" (the 196-token stage resumed from the transferred state)" if start_from else "")
 
 
+def textured_top1(model: nn.Module, n: int, seed: int) -> float:
+    """Top-1 of an image classifier on the first ``n`` Fashion-MNIST test items pasted on mosaic textures."""
+    from prunekit.zoo.registry import top1
+    x, y = load_fashion_mnist("test")
+    return top1(model, on_texture(x[:n], torch.Generator().manual_seed(seed)), y[:n])
+
+
 def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_epochs: float = 1.5,
                   seg_lr: float = 3e-4, seg_samples: int = 32000) -> tuple[nn.Module, str]:
     """Classify textured items, segment 28 px mosaic crops, then whole mosaics; all 8 blocks, patch 4.
@@ -237,7 +244,7 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
     3. Its weights go to the 196-token model (pos embed resampled 7x7 -> 14x14), which trains on
        whole mosaics. ``start_from``: the 196-token state after that transfer (skips stages 1-2).
     """
-    from prunekit.zoo.registry import evaluate_model, top1
+    from prunekit.zoo.registry import evaluate_model
     xi, yi = _fmnist(1024 if quick else None)
     e_pre, n_seg, e_crop, e_seg = (0.1, 512, 0.2, 0.1) if quick else (10, seg_samples, 16, seg_epochs)
     x, y = load_mosaic("train", n=n_seg, seed=seed)
@@ -246,9 +253,8 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
         pre = models.vit(28, 4, 96, 8, 4, 10, global_pool="avg", fc_norm=False)
         fit(pre, _loader(xi, yi, 128, True, textured=True, soft=teacher_logits(xi)), e_pre, 1e-3,
             xi.shape[0] // 128, seed, desc="mosaic-segvit items", **_VIT_DISTILL)
-        xt, yt = load_fashion_mnist("test")
         n_t = 256 if quick else 2000
-        pre_top1 = top1(pre, normalize(on_texture(xt[:n_t], torch.Generator().manual_seed(seed + 5))), yt[:n_t])
+        pre_top1 = textured_top1(pre, n_t, seed + 5)
         crops = models.SegViT(models.vit(28, 4, 96, 8, 4, 0, global_pool=""), NUM_SEG_CLASSES)
         transfer_vit(pre.state_dict(), crops)
         decoder_from_head(pre.state_dict(), crops.decoder)
@@ -327,7 +333,17 @@ def more_vivit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
             "logits for each clip's clean item (KL at T=2, weight 0.5, no label smoothing)")
 
 
-MORE: dict[str, Callable[[nn.Module, int, bool, float], str]] = {"fmnist-vit": more_vit, "motion-vivit": more_vivit}
+def more_segvit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
+    """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
+    x, y = load_mosaic("train", n=512 if quick else 32000, seed=seed)
+    fit(model, _loader(x, y, 64, True, seg=True), epochs, 2e-4, x.shape[0] // 64, seed + 7, label_smoothing=0.0,
+        desc="mosaic-segvit more")
+    return (f"{epochs} more epochs on the {x.shape[0]} whole mosaics at 196 tokens (batch 64, lr 2e-4, flip, "
+            "no label smoothing)")
+
+
+MORE: dict[str, Callable[[nn.Module, int, bool, float], str]] = {
+    "fmnist-vit": more_vit, "mosaic-segvit": more_segvit, "motion-vivit": more_vivit}
 
 
 def _continue(name: str, seed: int, quick: bool, epochs: float) -> tuple[nn.Module, str, float]:
