@@ -24,7 +24,7 @@ def test_transfer_into_segmenter_encoder_takes_first_blocks():
 
 
 def test_transfer_between_segmenters_copies_encoder_and_decoder():
-    crops = models.SegViT(models.vit(28, 4, 96, 8, 4, 0, global_pool=""), 11)
+    crops = models.build_segvit(4, canvas=28)
     seg = transfer_vit(crops.state_dict(), models.build_segvit(4), skip=())
     assert torch.equal(seg.decoder.weight, crops.decoder.weight) and torch.equal(seg.decoder.bias, crops.decoder.bias)
     assert torch.equal(seg.encoder.blocks[5].attn.qkv.weight, crops.encoder.blocks[5].attn.qkv.weight)

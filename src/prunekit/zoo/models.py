@@ -118,9 +118,9 @@ def build_vit(patch: int = 2) -> VisionTransformer:
     return vit(28, patch, 96, 12, 4, 10)
 
 
-def build_segvit(patch: int = 4) -> SegViT:
-    """mosaic-segvit: 56 px canvas, patch 4 -> 196 tokens, 8 blocks, width 96, 4 heads."""
-    return SegViT(vit(56, patch, 96, 8, 4, 0, global_pool=""), 11)
+def build_segvit(patch: int = 4, canvas: int = 56) -> SegViT:
+    """mosaic-segvit: 56 px canvas, patch 4 -> 196 tokens, 8 blocks, width 96, 4 heads (28 px: 49-token crops)."""
+    return SegViT(vit(canvas, patch, 96, 8, 4, 0, global_pool=""), 11)
 
 
 def build_vivit() -> VisionTransformer:

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, motion_items, normalize
-from prunekit.data.mosaic import NUM_SEG_CLASSES, on_texture
+from prunekit.data.mosaic import on_texture
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, transfer_vit
@@ -231,8 +231,17 @@ def textured_top1(model: nn.Module, n: int, seed: int) -> float:
     return top1(model, on_texture(x[:n], torch.Generator().manual_seed(seed)), y[:n])
 
 
+def _segment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float, lr: float, seed: int,
+             desc: str) -> None:
+    """Train a segmenter on whole mosaics ``x`` with label maps ``y`` (batch 64, flip, no label smoothing)."""
+    fit(model, _loader(x, y, 64, True, seg=True), epochs, lr, x.shape[0] // 64, seed, label_smoothing=0.0, desc=desc)
+
+
+_SEG_SAMPLES = 32000  # training mosaics of mosaic-segvit
+
+
 def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_epochs: float = 1.5,
-                  seg_lr: float = 3e-4, seg_samples: int = 32000) -> tuple[nn.Module, str]:
+                  seg_lr: float = 3e-4, seg_samples: int = _SEG_SAMPLES) -> tuple[nn.Module, str]:
     """Classify textured items, segment 28 px mosaic crops, then whole mosaics; all 8 blocks, patch 4.
 
     1. The encoder learns Fashion-MNIST items pasted on mosaic textures at 49 tokens, distilled from
@@ -255,24 +264,24 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
             xi.shape[0] // 128, seed, desc="mosaic-segvit items", **_VIT_DISTILL)
         n_t = 256 if quick else 2000
         pre_top1 = textured_top1(pre, n_t, seed + 5)
-        crops = models.SegViT(models.vit(28, 4, 96, 8, 4, 0, global_pool=""), NUM_SEG_CLASSES)
+        crops = models.build_segvit(4, canvas=28)
         transfer_vit(pre.state_dict(), crops)
         decoder_from_head(pre.state_dict(), crops.decoder)
         fit(crops, _loader(x, y, 64, True, seg=True, crop=28), e_crop, 5e-4, n_seg // 64, seed + 1,
             label_smoothing=0.0, desc="mosaic-segvit 28 px crops")
         transfer_vit(crops.state_dict(), model, skip=())
-        crop_miou = evaluate_model("mosaic-segvit", model, 256 if quick else 500)["miou"]
+        n_m = 256 if quick else 500
+        crop_miou = evaluate_model("mosaic-segvit", model, n_m)["miou"]
         first = (f"{e_pre} epochs on {xi.shape[0]} Fashion-MNIST items pasted on mosaic textures at 49 tokens "
                  "(avg-pooled patch tokens, batch 128, lr 1e-3, shift+flip, distilled from fmnist-resnet's logits "
                  f"for the clean item: KL at T=2, weight 0.5; test top1 {pre_top1:.4f} on {n_t} textured test "
                  f"items); decoder item rows from its head, then {e_crop} epochs on random 28 px windows of "
                  f"{n_seg} mosaics at 49 tokens (batch 64, lr 5e-4, flip); pos embed resampled to 14x14 (mIoU "
-                 f"{crop_miou:.4f} on the first {256 if quick else 500} test mosaics right after); ")
+                 f"{crop_miou:.4f} on the first {n_m} test mosaics right after); ")
     else:
         model.load_state_dict(start_from)
         first = "resumed from the transferred 196-token state; "
-    fit(model, _loader(x, y, 64, True, seg=True), e_seg, seg_lr, n_seg // 64, seed + 2, label_smoothing=0.0,
-        desc="mosaic-segvit")
+    _segment(model, x, y, e_seg, seg_lr, seed + 2, "mosaic-segvit")
     return model, (first + f"then {e_seg} epochs on the {n_seg} whole mosaics at 196 tokens (batch 64, AdamW "
                    f"lr {seg_lr:g}, flip, no label smoothing)")
 
@@ -335,9 +344,8 @@ def more_vivit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
 
 def more_segvit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
     """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
-    x, y = load_mosaic("train", n=512 if quick else 32000, seed=seed)
-    fit(model, _loader(x, y, 64, True, seg=True), epochs, 2e-4, x.shape[0] // 64, seed + 7, label_smoothing=0.0,
-        desc="mosaic-segvit more")
+    x, y = load_mosaic("train", n=512 if quick else _SEG_SAMPLES, seed=seed)
+    _segment(model, x, y, epochs, 2e-4, seed + 7, "mosaic-segvit more")
     return (f"{epochs} more epochs on the {x.shape[0]} whole mosaics at 196 tokens (batch 64, lr 2e-4, flip, "
             "no label smoothing)")
 
