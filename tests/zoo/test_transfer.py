@@ -53,6 +53,15 @@ def test_inflated_video_embeds_a_static_clip_as_its_frame():
         assert torch.equal(video.blocks[3].norm1.weight, image.blocks[3].norm1.weight)
 
 
+def test_inflated_video_keeps_the_frame_classifier_unless_told_not_to():
+    image = models.vit(56, 8, 64, 8, 4, 10)
+    kept = inflate_to_video(image.state_dict(), models.build_vivit())
+    assert torch.equal(kept.head.weight, image.head.weight) and torch.equal(kept.head.bias, image.head.bias)
+    fresh = inflate_to_video(image.state_dict(), models.build_vivit(), head=False)
+    assert not torch.equal(fresh.head.weight, image.head.weight)
+    assert torch.equal(fresh.blocks[7].mlp.fc1.weight, image.blocks[7].mlp.fc1.weight)
+
+
 def test_decoder_from_head_scores_each_patch_as_the_classifier_does():
     cls = models.vit(28, 4, 96, 8, 4, 10, global_pool="avg", fc_norm=False).eval()
     seg = transfer_vit(cls.state_dict(), models.build_segvit(4)).eval()

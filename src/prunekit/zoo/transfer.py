@@ -57,14 +57,15 @@ def transfer_vit(src_state: dict[str, torch.Tensor], dst: nn.Module, skip: tuple
     return dst
 
 
-def inflate_to_video(image_state: dict[str, torch.Tensor], video: nn.Module) -> nn.Module:
+def inflate_to_video(image_state: dict[str, torch.Tensor], video: nn.Module, head: bool = True) -> nn.Module:
     """Start a ViViT (:class:`~prunekit.zoo.models.TubeletEmbed`) from an image ViT on the same frame grid.
 
     The 2-D patch kernel is repeated over the tubelet's frames and divided by their number, so a
     static clip embeds exactly as its frame did; the spatial position embedding is tiled over the time
-    steps (time-major token order). Everything else is copied, except the classifier.
+    steps (time-major token order). Everything else is copied, the classifier too when ``head`` is
+    true (same classes: the video model then starts from the frame model's answers, not at chance).
     """
-    state = {k: v for k, v in image_state.items() if not k.startswith("head")}
+    state = {k: v for k, v in image_state.items() if head or not k.startswith("head")}
     embed = video.patch_embed
     t = embed.proj.kernel_size[0]
     state["patch_embed.proj.weight"] = image_state["patch_embed.proj.weight"].unsqueeze(2).repeat(1, 1, t, 1, 1) / t
