@@ -232,9 +232,13 @@ def textured_top1(model: nn.Module, n: int, seed: int) -> float:
 
 
 def _segment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float, lr: float, seed: int,
-             desc: str) -> None:
-    """Train a segmenter on whole mosaics ``x`` with label maps ``y`` (batch 64, flip, no label smoothing)."""
-    fit(model, _loader(x, y, 64, True, seg=True), epochs, lr, x.shape[0] // 64, seed, label_smoothing=0.0, desc=desc)
+             desc: str, crop: int | None = None) -> None:
+    """Train a segmenter on mosaics ``x`` with label maps ``y`` (batch 64, flip, no label smoothing).
+
+    ``crop``: train on a random ``crop`` px window of each mosaic instead of the whole canvas.
+    """
+    fit(model, _loader(x, y, 64, True, seg=True, crop=crop), epochs, lr, x.shape[0] // 64, seed,
+        label_smoothing=0.0, desc=desc)
 
 
 _SEG_SAMPLES = 32000  # training mosaics of mosaic-segvit
@@ -267,8 +271,7 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
         crops = models.build_segvit(4, canvas=28)
         transfer_vit(pre.state_dict(), crops)
         decoder_from_head(pre.state_dict(), crops.decoder)
-        fit(crops, _loader(x, y, 64, True, seg=True, crop=28), e_crop, 5e-4, n_seg // 64, seed + 1,
-            label_smoothing=0.0, desc="mosaic-segvit 28 px crops")
+        _segment(crops, x, y, e_crop, 5e-4, seed + 1, "mosaic-segvit 28 px crops", crop=28)
         transfer_vit(crops.state_dict(), model, skip=())
         n_m = 256 if quick else 500
         crop_miou = evaluate_model("mosaic-segvit", model, n_m)["miou"]
