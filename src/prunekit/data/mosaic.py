@@ -17,6 +17,7 @@ import torch
 
 from prunekit.data.cache import cached
 from prunekit.data.fashion_mnist import load_fashion_mnist
+from prunekit.data.parallel import build_stacked
 from prunekit.data.texture import sample_generator, texture
 
 __all__ = ["CANVAS", "NUM_SEG_CLASSES", "make_mosaic", "load_mosaic", "on_texture"]
@@ -72,9 +73,11 @@ def make_mosaic(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator, n
 
 def load_mosaic(split: str = "test", n: int = 2000, seed: int = 0, n_items: int = 3,
                 data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` deterministic mosaics from the items of the Fashion-MNIST ``split``."""
+    """``n`` deterministic mosaics from the items of the Fashion-MNIST ``split``.
+
+    A first call builds them (on ``PRUNEKIT_WORKERS`` processes, :mod:`prunekit.data.parallel`) and caches them.
+    """
     def build():
         items, labels = load_fashion_mnist(split, data_dir)
-        pairs = [make_mosaic(items, labels, sample_generator(seed, split, i), n_items) for i in range(n)]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        return build_stacked(lambda i: make_mosaic(items, labels, sample_generator(seed, split, i), n_items), n)
     return cached(f"mosaic-{split}-{n}-{seed}-{n_items}", build)

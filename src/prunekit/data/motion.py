@@ -16,6 +16,7 @@ import torch
 
 from prunekit.data.cache import cached
 from prunekit.data.fashion_mnist import load_fashion_mnist
+from prunekit.data.parallel import build_stacked
 from prunekit.data.texture import sample_generator, texture
 
 __all__ = ["FRAMES", "FRAME_SIZE", "make_clip", "load_motion", "motion_items"]
@@ -48,15 +49,17 @@ def make_clip(item: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def load_motion(split: str = "test", n: int = 2000, seed: int = 0,
                 data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` deterministic clips built from the items of the Fashion-MNIST ``split``."""
+    """``n`` deterministic clips built from the items of the Fashion-MNIST ``split``.
+
+    A first call builds them (on ``PRUNEKIT_WORKERS`` processes, :mod:`prunekit.data.parallel`) and caches them.
+    """
     def build():
         items, labels = load_fashion_mnist(split, data_dir)
-        xs, ys = [], []
-        for i in range(n):
+
+        def one(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             k, g = _pick(items.shape[0], seed, split, i)
-            xs.append(make_clip(items[k], g))
-            ys.append(labels[k])
-        return torch.stack(xs), torch.stack(ys)
+            return make_clip(items[k], g), labels[k]
+        return build_stacked(one, n)
     return cached(f"motion-{split}-{n}-{seed}", build)
 
 
