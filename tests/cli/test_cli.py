@@ -62,3 +62,8 @@ def test_zoo_train_more_epochs_continues_the_shipped_checkpoint(tmp_path):
     # one warm-up step moves the weights only a little from the shipped ones (not a fresh init)
     drift = (new["pos_embed"] - shipped["pos_embed"]).abs().max().item()
     assert drift < 0.05 * shipped["pos_embed"].abs().max().item()
+
+
+def test_zoo_train_continuation_flags_need_more_epochs(capsys):
+    assert main(["zoo", "train", "motion-vivit", "--device", "cuda"]) == 2
+    assert "add --more-epochs" in capsys.readouterr().err

@@ -111,8 +111,8 @@ def test_textured_top1_scores_raw_images_once_normalised():
 
 def test_segvit_continuation_trains_the_shipped_checkpoint_on_whole_mosaics():
     from prunekit.zoo.store import load_state
-    from prunekit.zoo.train import _continue
-    model, route, before = _continue("mosaic-segvit", 0, True, 0.2)
+    from prunekit.zoo.train import More, _continue
+    model, route, before = _continue("mosaic-segvit", 0, True, More(0.2))
     shipped = load_state("mosaic-segvit")
     assert before > 0 and "0.2 more epochs on the 512 whole mosaics at 196 tokens" in route
     assert not torch.equal(model.decoder.weight, shipped["decoder.weight"])
@@ -137,3 +137,26 @@ def test_quick_vivit_recipe_gives_a_196_token_video_model_distilled_per_clip():
     assert model.patch_embed.num_patches == 196 and len(model.blocks) == 8
     assert "49 tokens" in route and "distilled" in route
     assert model(torch.zeros(2, 1, 8, 56, 56)).shape == (2, 10)
+
+
+def test_fit_cuts_its_schedule_to_a_time_budget_and_says_how_many_steps_ran():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+
+    def batches(g):
+        for i in range(0, 64, 8):
+            yield x[i:i + 8], y[i:i + 8]
+    model = torch.nn.Linear(8, 2)
+    res = fit(model, batches, 10_000, 1e-2, 8, budget_s=0.3, device="cpu")
+    assert 60 <= res.steps < 80_000  # probed for 60 steps, then cut far below the 80000 asked
+    full = fit(torch.nn.Linear(8, 2), batches, 10, 1e-2, 8, budget_s=1e6)
+    assert full.steps == 80  # a budget that is not binding changes nothing
+
+
+def test_continuation_options_reach_the_route_and_the_stage():
+    from prunekit.zoo.train import More, _continue
+    model, route, _ = _continue("motion-vivit", 0, True, More(0.5, device="cpu", batch=32, lr=5e-4))
+    assert route.endswith("0.5 more epochs on 512 clips at 196 tokens, batch 32, lr 0.0005, shift+flip, "
+                          "distilled from fmnist-resnet's logits for each clip's clean item (KL at T=2, "
+                          "weight 0.5, no label smoothing)")
+    assert next(model.parameters()).device.type == "cpu"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from prunekit.zoo import NAMES, read_manifest
 
@@ -17,6 +18,13 @@ def register(sub) -> None:
     t.add_argument("--more-epochs", type=float, default=0.0,
                    help="continue the shipped checkpoint for E more epochs of its last stage "
                         "(fmnist-vit, mosaic-segvit, motion-vivit)")
+    t.add_argument("--device", default=None, help="with --more-epochs: train on this torch device (e.g. cuda)")
+    t.add_argument("--batch", type=int, default=None, help="with --more-epochs: batch size (default: the stage's)")
+    t.add_argument("--lr", type=float, default=None, help="with --more-epochs: peak learning rate")
+    t.add_argument("--samples", type=int, default=None,
+                   help="with --more-epochs: training samples (mosaics and clips are generated, so more can be made)")
+    t.add_argument("--budget-minutes", type=float, default=None,
+                   help="with --more-epochs: time the first steps, then cut the epochs to fit this many minutes")
     t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
     t.set_defaults(func=run_train)
 
@@ -30,12 +38,20 @@ def run_list(args) -> int:
 
 
 def run_train(args) -> int:
-    from prunekit.zoo.train import train_model
+    from prunekit.zoo.train import More, train_model
     cmd = f"prunekit zoo train {args.name}" + (f" --seed {args.seed}" if args.seed else "")
     if args.more_epochs:
         from prunekit.zoo import read_manifest
         cmd = f"{read_manifest()[args.name]['command']}; {cmd} --more-epochs {args.more_epochs:g}"
-    entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd,
-                        more_epochs=args.more_epochs)
+    options = {k: getattr(args, k) for k in ("device", "batch", "lr", "samples", "budget_minutes")}
+    if any(v is not None for v in options.values()) and not args.more_epochs:
+        print("error: --device, --batch, --lr, --samples and --budget-minutes set up a continuation; "
+              "add --more-epochs E", file=sys.stderr)
+        return 2
+    if args.more_epochs:
+        cmd += "".join(f" --{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f" --{k.replace('_', '-')} {v}"
+                       for k, v in options.items() if v is not None)
+    more = More(args.more_epochs, **options) if args.more_epochs else None
+    entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd, more=more)
     print(json.dumps(entry, indent=2))
     return 0

@@ -44,9 +44,10 @@ class Workload:
 def _logits(model: nn.Module, x: torch.Tensor, batch: int = 250):
     was = model.training
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # the eval data goes where the model is
     try:
         for i in range(0, x.shape[0], batch):
-            yield i, model(normalize(x[i:i + batch]))
+            yield i, model(normalize(x[i:i + batch]).to(device)).cpu()
     finally:
         model.train(was)
 

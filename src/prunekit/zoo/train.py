@@ -8,6 +8,7 @@ recorded in the manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -24,7 +25,7 @@ from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, transfer_vit
 
-__all__ = ["train_model", "fit", "RECIPES", "MORE", "SUBSET"]
+__all__ = ["train_model", "fit", "More", "RECIPES", "MORE", "SUBSET"]
 
 SUBSET = 500  # the fixed eval subset whose metric the tests check
 
@@ -93,36 +94,51 @@ class FitResult:
     last_loss: float
 
 
+_PROBE = (10, 60)  # steps between which fit times itself when given a budget
+
+
 def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_epoch: int,
         seed: int = 0, weight_decay: float = 0.05, label_smoothing: float = 0.1, desc: str = "train",
-        teacher: nn.Module | None = None, distill: float = 0.5, temperature: float = 2.0) -> FitResult:
+        teacher: nn.Module | None = None, distill: float = 0.5, temperature: float = 2.0,
+        device: str | torch.device | None = None, budget_s: float | None = None) -> FitResult:
     """AdamW with linear warm-up and cosine decay; ``epochs`` may be fractional.
 
     With a ``teacher`` (a trained model of the same task, kept frozen), the loss mixes the label loss
     with ``distill`` times the soft-target KL divergence at ``temperature`` (Hinton et al.; DeiT's
     recipe for data-starved ViTs). Batches of three carry the teacher's logits precomputed
     (:func:`teacher_logits`), which distils at no teacher cost per step.
+
+    ``device``: train there (batches are built on the CPU and moved; CUDA runs under bf16 autocast);
+    the model stays there afterwards. ``budget_s``: time steps 10-60, then shorten the run (the
+    cosine schedule with it) so that it fits the budget; the returned ``steps`` say how many ran.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(dev)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" \
+        else contextlib.nullcontext
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "pos_embed" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     total = max(1, int(epochs * steps_per_epoch))
     warm = min(200, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))))
+    plan = {"total": total}  # the schedule reads it, so a budget can shorten the run
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (
+        1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, plan["total"] - warm)))))
     model.train()
-    step, t0, loss_ema = 0, time.time(), float("nan")
+    step, t0, loss_ema, probe_start = 0, time.time(), float("nan"), 0.0
     bar = tqdm(total=total, desc=desc, file=sys.stderr, mininterval=5)
-    while step < total:
+    while step < plan["total"]:
         for xb, yb, *tb in batches(g):
-            out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb, label_smoothing=label_smoothing)
-            if teacher is not None or tb:
-                target = tb[0] if tb else _logits_of(teacher, xb)
-                loss = (1 - distill) * loss + distill * _soft_loss(out, target, temperature)
+            xb, yb, tb = xb.to(dev), yb.to(dev), [t.to(dev) for t in tb]
+            with autocast():
+                out = model(xb)
+                loss = nn.functional.cross_entropy(out.float(), yb, label_smoothing=label_smoothing)
+                if teacher is not None or tb:
+                    target = tb[0] if tb else _logits_of(teacher, xb)
+                    loss = (1 - distill) * loss + distill * _soft_loss(out.float(), target.float(), temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -132,7 +148,14 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
             loss_ema = loss.item() if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}")
-            if step >= total:
+            if budget_s and step == _PROBE[0]:
+                probe_start = time.time()
+            elif budget_s and step == _PROBE[1]:  # loss.item() synchronised, so the clock is true
+                per_step = (time.time() - probe_start) / (_PROBE[1] - _PROBE[0])
+                left = budget_s - (time.time() - t0)
+                plan["total"] = max(step, min(total, step + int(left / per_step)))
+                bar.total = plan["total"]
+            if step >= plan["total"]:
                 break
     bar.close()
     model.eval()
@@ -184,14 +207,15 @@ def _teacher() -> nn.Module:
     return teacher.eval()
 
 
-def teacher_logits(x: torch.Tensor) -> torch.Tensor:
+def teacher_logits(x: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
     """fmnist-resnet's logits for raw images ``x`` (normalised here), computed once before training.
 
     Distilling from them costs nothing per step; the small shifts and flips of :func:`_augment` are
     applied to the student's input only (the teacher's answer for the unaugmented image is the target).
+    ``device``: where the teacher runs; the logits come back on the CPU.
     """
     from prunekit.zoo.registry import _logits
-    return torch.cat([out for _, out in _logits(_teacher(), x, batch=500)])
+    return torch.cat([out for _, out in _logits(_teacher().to(device or "cpu"), x, batch=500)])
 
 
 _VIT_DISTILL = {"label_smoothing": 0.0, "distill": 0.5, "temperature": 2.0}
@@ -289,11 +313,12 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
                    f"lr {seg_lr:g}, flip, no label smoothing)")
 
 
-def _motion_train(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _motion_train(n: int, seed: int, device: str | torch.device | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` training clips, their labels, and fmnist-resnet's logits for each clip's clean item."""
     x, y = load_motion("train", n=n, seed=seed)
     items = load_fashion_mnist("train")[0][motion_items("train", n, seed)]
-    return x, y, teacher_logits(items)
+    return x, y, teacher_logits(items, device)
 
 
 def recipe_vivit(seed: int, quick: bool) -> tuple[nn.Module, str]:
@@ -326,56 +351,90 @@ RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,
            "mosaic-segvit": recipe_segvit, "motion-vivit": recipe_vivit}
 
 
-def more_vit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
+@dataclass
+class More:
+    """How :data:`MORE` continues a shipped checkpoint; ``None`` fields keep the stage's own setting.
+
+    ``samples``: training samples (generated sets such as mosaics and clips can grow beyond the
+    recipe's); ``budget_minutes``: shorten the run to fit (:func:`fit`'s ``budget_s``).
+    """
+
+    epochs: float
+    device: str | None = None
+    batch: int | None = None
+    lr: float | None = None
+    samples: int | None = None
+    budget_minutes: float | None = None
+
+    def run(self, model: nn.Module, batches: Batches, default_lr: float, default_batch: int, n: int,
+            seed: int, desc: str, **fit_kw) -> tuple[str, int, float]:
+        """Fit, and return the route's words: ``'E epochs ... on DEVICE'``, the batch and the lr used."""
+        batch, lr = self.batch or default_batch, self.lr or default_lr
+        res = fit(model, batches, self.epochs, lr, n // batch, seed, desc=desc, device=self.device,
+                  budget_s=self.budget_minutes * 60 if self.budget_minutes else None, **fit_kw)
+        cut = res.steps < max(1, int(self.epochs * (n // batch)))
+        done = (f"{res.steps / (n // batch):.2f} more epochs ({self.epochs:g} asked, cut to fit "
+                f"{self.budget_minutes:g} min)") if cut else f"{self.epochs:g} more epochs"
+        where = "" if self.device in (None, "cpu") else f" on {_device_name(self.device)} (bf16 autocast)"
+        return done + where, batch, lr
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device)
+
+
+def more_vit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_vit`'s 196-token stage on the whole training set."""
-    x, y = _fmnist(1024 if quick else None)
-    fit(model, _loader(x, y, 64, True, soft=teacher_logits(x)), epochs, 3e-4, x.shape[0] // 64, seed + 7,
-        desc="fmnist-vit more", **_VIT_DISTILL)
-    return (f"{epochs} more epochs on {x.shape[0]} samples at 196 tokens distilled from fmnist-resnet's "
-            "precomputed logits (KL at T=2, weight 0.5, no label smoothing, lr 3e-4, batch 64, shift+flip)")
+    x, y = _fmnist(1024 if quick else more.samples)
+    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, soft=teacher_logits(x, more.device)),
+                               3e-4, 64, x.shape[0], seed + 7, "fmnist-vit more", **_VIT_DISTILL)
+    return (f"{done} on {x.shape[0]} samples at 196 tokens distilled from fmnist-resnet's "
+            f"precomputed logits (KL at T=2, weight 0.5, no label smoothing, lr {lr:g}, batch {batch}, shift+flip)")
 
 
-def more_vivit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
+def more_vivit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_vivit`'s video stage (196 tokens, distilled)."""
-    n = 512 if quick else 60000
-    x, y, soft = _motion_train(n, seed)
-    fit(model, _loader(x, y, 64, True, soft=soft), epochs, 3e-4, n // 64, seed + 7, desc="motion-vivit more",
-        **_VIT_DISTILL)
-    return (f"{epochs} more epochs on {n} clips at 196 tokens, batch 64, lr 3e-4, distilled from fmnist-resnet's "
-            "logits for each clip's clean item (KL at T=2, weight 0.5, no label smoothing)")
+    n = 512 if quick else more.samples or 60000
+    x, y, soft = _motion_train(n, seed, more.device)
+    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, soft=soft), 3e-4, 64, n, seed + 7,
+                               "motion-vivit more", **_VIT_DISTILL)
+    return (f"{done} on {n} clips at 196 tokens, batch {batch}, lr {lr:g}, shift+flip, distilled from "
+            "fmnist-resnet's logits for each clip's clean item (KL at T=2, weight 0.5, no label smoothing)")
 
 
-def more_segvit(model: nn.Module, seed: int, quick: bool, epochs: float) -> str:
+def more_segvit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
-    x, y = load_mosaic("train", n=512 if quick else _SEG_SAMPLES, seed=seed)
-    _segment(model, x, y, epochs, 2e-4, seed + 7, "mosaic-segvit more")
-    return (f"{epochs} more epochs on the {x.shape[0]} whole mosaics at 196 tokens (batch 64, lr 2e-4, flip, "
+    x, y = load_mosaic("train", n=512 if quick else more.samples or _SEG_SAMPLES, seed=seed)
+    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, seg=True), 2e-4, 64, x.shape[0], seed + 7,
+                               "mosaic-segvit more", label_smoothing=0.0)
+    return (f"{done} on the {x.shape[0]} whole mosaics at 196 tokens (batch {batch}, lr {lr:g}, flip, "
             "no label smoothing)")
 
 
-MORE: dict[str, Callable[[nn.Module, int, bool, float], str]] = {
+MORE: dict[str, Callable[[nn.Module, int, bool, More], str]] = {
     "fmnist-vit": more_vit, "mosaic-segvit": more_segvit, "motion-vivit": more_vivit}
 
 
-def _continue(name: str, seed: int, quick: bool, epochs: float) -> tuple[nn.Module, str, float]:
-    """Load the shipped checkpoint of ``name`` and train it ``epochs`` more; the route says so."""
+def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module, str, float]:
+    """Load the shipped checkpoint of ``name`` and train it ``more.epochs`` more; the route says so."""
     from prunekit.zoo.store import load_state, read_manifest
     if name not in MORE:
         raise KeyError(f"{name!r} has no continuation stage; choose one of {sorted(MORE)}")
     old = read_manifest()[name]
     model = models.build(name)
     model.load_state_dict(load_state(name))
-    stage = MORE[name](model, seed, quick, epochs)
+    stage = MORE[name](model, seed, quick, more)
     route = f"{old['route']}; then, resumed from the checkpoint with sha256 {old['sha256'][:12]}, {stage}"
     return model, route, float(old.get("train_minutes", 0.0))
 
 
 def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, threads: int | None = None,
-                command: str = "", more_epochs: float = 0.0, **recipe_kwargs) -> dict:
+                command: str = "", more_epochs: float = 0.0, more: More | None = None, **recipe_kwargs) -> dict:
     """Train zoo model ``name``, evaluate it on the full eval split, write checkpoint + manifest entry.
 
-    ``more_epochs``: instead of the whole recipe, continue the shipped checkpoint for that many epochs
-    of the recipe's last stage (:data:`MORE`); ``train_minutes`` then adds up both runs.
+    ``more_epochs`` (or ``more``, with a device, batch, lr, samples, time budget): instead of the whole
+    recipe, continue the shipped checkpoint for that many epochs of the recipe's last stage
+    (:data:`MORE`); ``train_minutes`` then adds up both runs.
     """
     from prunekit.zoo.registry import evaluate_model
     if name not in RECIPES:
@@ -383,10 +442,12 @@ def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, thr
     if threads:
         torch.set_num_threads(threads)
     t0, before = time.time(), 0.0
-    if more_epochs:
-        model, route, before = _continue(name, seed, quick, more_epochs)
+    more = more or (More(more_epochs) if more_epochs else None)
+    if more:
+        model, route, before = _continue(name, seed, quick, more)
     else:
         model, route = RECIPES[name](seed, quick, **recipe_kwargs)
+    model.cpu()
     minutes = before + (time.time() - t0) / 60
     metric = evaluate_model(name, model, limit=256 if quick else None)
     entry = {"metric": metric, "metric_subset": evaluate_model(name, model, limit=SUBSET),
