@@ -68,6 +68,20 @@ def test_semi_structured_on_cuda():
     assert torch.allclose(model(x), ref, atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 semi-structured kernels need CUDA")
+def test_auto_on_cuda_times_semi_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 8)).half().cuda().eval()
+    prunekit.sparsify(model, 0.5, pattern="2:4")
+    x = torch.randn(4096, 1024, device="cuda", dtype=torch.half)
+    prunekit.finalize(model)
+    ref = model(x)
+    plan = prunekit.finalize(model, kernels="auto", example_inputs=(x,))
+    assert set(plan) == {"0"} and "semi_ms" in plan["0"]  # semi was timed against dense
+    assert (type(model[0]) is SparseLinear) == (plan["0"]["kernel"] == "semi")
+    assert torch.allclose(model(x), ref, atol=1e-2, rtol=1e-2)
+
+
 def test_semi_on_cpu_is_refused_before_anything_changes():
     model = _model()
     prunekit.sparsify(model, 0.5, pattern="2:4")
