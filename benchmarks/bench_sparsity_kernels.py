@@ -64,7 +64,17 @@ def layer_inputs(model: nn.Module, inputs) -> dict[str, tuple[nn.Linear, torch.T
 CLOCK = time.thread_time
 
 
-def interleaved_medians(fns: dict[str, callable], warmup: int, repeats: int) -> dict[str, float]:
+def clock_ms(fn: callable) -> float:
+    """One call of ``fn`` timed with :data:`CLOCK`, in ms."""
+    t0 = CLOCK()
+    fn()
+    return (CLOCK() - t0) * 1e3
+
+
+def interleaved_medians(fns: dict[str, callable], warmup: int, repeats: int, time_ms: callable = None
+                        ) -> dict[str, float]:
+    """Median ms per function over ``repeats`` rounds that call each in turn; ``time_ms``: how one call is timed."""
+    time_ms = time_ms or clock_ms
     times = {k: [] for k in fns}
     with torch.inference_mode():
         for _ in range(warmup):
@@ -72,9 +82,7 @@ def interleaved_medians(fns: dict[str, callable], warmup: int, repeats: int) -> 
                 fn()
         for _ in range(repeats):
             for k, fn in fns.items():
-                t0 = CLOCK()
-                fn()
-                times[k].append((CLOCK() - t0) * 1e3)
+                times[k].append(time_ms(fn))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

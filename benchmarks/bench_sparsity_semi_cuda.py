@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 
 import torch
-from bench_sparsity_kernels import layer_inputs, load_model
+from bench_sparsity_kernels import interleaved_medians, layer_inputs, load_model
 from common import write_result
 from torch import nn
 
@@ -37,22 +36,14 @@ SYNTHETIC = {"minilm attn 384x384": (384, 384, 2048), "minilm ffn-in 1536x384": 
              "llm 11008x4096": (11008, 4096, None)}  # (out, in, rows; None: --rows)
 
 
-def cuda_medians(fns: dict[str, callable], warmup: int, repeats: int) -> dict[str, float]:
-    """Interleaved CUDA-event timings; the median per function in ms."""
-    times = {k: [] for k in fns}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        for _ in range(repeats):
-            for k, fn in fns.items():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times[k].append(start.elapsed_time(end))
-    return {k: statistics.median(v) for k, v in times.items()}
+def cuda_ms(fn: callable) -> float:
+    """One call of ``fn`` timed with CUDA events, in ms."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def to_24(lin: nn.Linear) -> None:
@@ -77,8 +68,8 @@ def time_layers(layers: dict[str, tuple[nn.Linear, torch.Tensor]], rows: int | N
             continue
         ref = nn.functional.linear(x, lin.weight, lin.bias)
         assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
-        med = cuda_medians({"dense": lambda x=x, w=lin.weight, b=lin.bias: nn.functional.linear(x, w, b),
-                            "semi": lambda x=x, m=semi: m(x)}, warmup, repeats)
+        med = interleaved_medians({"dense": lambda x=x, w=lin.weight, b=lin.bias: nn.functional.linear(x, w, b),
+                                   "semi": lambda x=x, m=semi: m(x)}, warmup, repeats, cuda_ms)
         tot["dense"] += med["dense"]
         tot["semi"] += med["semi"]
         tot["layers"] += 1
