@@ -67,3 +67,12 @@ def test_zoo_train_more_epochs_continues_the_shipped_checkpoint(tmp_path):
 def test_zoo_train_continuation_flags_need_more_epochs(capsys):
     assert main(["zoo", "train", "motion-vivit", "--device", "cuda"]) == 2
     assert "add --more-epochs" in capsys.readouterr().err
+
+
+def test_zoo_train_continuation_refuses_bad_settings_with_the_flag_named(capsys, tmp_path):
+    assert main(["zoo", "train", "motion-vivit", "--more-epochs", "1", "--lr", "-1"]) == 2
+    assert "--lr must be positive" in capsys.readouterr().err
+    args = ["zoo", "train", "mosaic-segvit", "--quick", "--more-epochs", "1", "--batch", "1024",
+            "--out-dir", str(tmp_path)]
+    assert main(args) == 2  # quick: 512 mosaics
+    assert "cannot fill one batch of 1024" in capsys.readouterr().err and not (tmp_path / "manifest.json").exists()

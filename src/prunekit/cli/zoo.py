@@ -51,7 +51,12 @@ def run_train(args) -> int:
     if args.more_epochs:
         cmd += "".join(f" --{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f" --{k.replace('_', '-')} {v}"
                        for k, v in options.items() if v is not None)
-    more = More(args.more_epochs, **options) if args.more_epochs else None
-    entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd, more=more)
+    try:
+        more = More(args.more_epochs, **options) if args.more_epochs else None
+        entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd,
+                            more=more)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(entry, indent=2))
     return 0

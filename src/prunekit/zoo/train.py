@@ -366,10 +366,20 @@ class More:
     samples: int | None = None
     budget_minutes: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch", "lr", "samples", "budget_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                flag = "--more-epochs" if name == "epochs" else f"--{name.replace('_', '-')}"
+                raise ValueError(f"continuation: {flag} must be positive, got {value}")
+
     def run(self, model: nn.Module, batches: Batches, default_lr: float, default_batch: int, n: int,
             seed: int, desc: str, **fit_kw) -> tuple[str, int, float]:
         """Fit, and return the route's words: ``'E epochs ... on DEVICE'``, the batch and the lr used."""
         batch, lr = self.batch or default_batch, self.lr or default_lr
+        if n < batch:
+            raise ValueError(f"continuation of {desc!r}: {n} training samples cannot fill one batch of {batch}; "
+                             "raise --samples or lower --batch")
         res = fit(model, batches, self.epochs, lr, n // batch, seed, desc=desc, device=self.device,
                   budget_s=self.budget_minutes * 60 if self.budget_minutes else None, **fit_kw)
         cut = res.steps < max(1, int(self.epochs * (n // batch)))
