@@ -144,8 +144,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_sparsity_semi_cuda needs a CUDA GPU (2:4 semi-structured kernels); none is visible")
+    if not torch.cuda.is_available():  # not a failure: `make bench` runs every script on CPU machines too
+        print("bench_sparsity_semi_cuda: skipped, it needs a CUDA GPU (2:4 semi-structured kernels); none is visible")
+        return
     rows = [r for name in args.models for r in bench_model(name, args.rows, args.warmup, args.repeats)]
     rows += bench_synthetic(args.rows, args.warmup, args.repeats)
     write_result(NAME, f"2:4 semi-structured sparsity on {torch.cuda.get_device_name()}: dense vs semi latency (fp16)",
