@@ -6,7 +6,7 @@
 #   cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fmnist/
 #   .venv/bin/pip download --no-deps --only-binary=:all: -d .gpu/whl timm==1.0.31
 # then call the device tool with carry [".gpu"] and a command such as
-#   BUDGET=7 bash scripts/device_session.sh mosaic-segvit:256:1e-3:96000 mosaic-segvit:256:5e-4:192000
+#   BUDGET=7 bash scripts/device_session.sh mosaic-segvit:256:1e-3:300000 mosaic-segvit:256:1e-3:300000:4
 # ($OUT comes back: cuda_tests.log, semi.log, sparsity_semi_cuda.json, zoo.tgz).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 3

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Continue shipped zoo checkpoints on a GPU: every RUN (NAME:BATCH:LR:SAMPLES) at once on the one GPU,
+# Continue shipped zoo checkpoints on a GPU: every RUN (NAME:BATCH:LR:SAMPLES[:SHIFT], SHIFT for
+# mosaic-segvit's --shift) at once on the one GPU,
 # each cut to a time budget; checkpoints, manifests and logs go to $OUT/zoo.tgz (pick the best, install
 # it into src/prunekit/zoo/). Run from the repo root on a machine with CUDA, PyTorch, timm and
 # Fashion-MNIST (PRUNEKIT_DATA). Env: DEVICE (cuda), BUDGET (training minutes per run, 5), EPOCHS
@@ -16,7 +17,7 @@ quick=""; [ "${QUICK:-0}" = 1 ] && quick="--quick"
 runs=/tmp/zoo-gpu-runs; rm -rf "$runs"; mkdir -p "$runs" "$OUT"
 t0=$(date +%s)
 if [ -z "$quick" ]; then  # build each generated set once, on WORKERS cores, before the runs share them
-  for run in "$@"; do IFS=: read -r name _ _ n <<< "$run"
+  for run in "$@"; do IFS=: read -r name _ _ n _ <<< "$run"
     case $name in
       mosaic-segvit) echo "load_mosaic('train', n=$n); load_mosaic('test', n=2000)" ;;
       motion-vivit) echo "load_motion('train', n=$n); load_motion('test', n=2000)" ;;
@@ -25,9 +26,10 @@ if [ -z "$quick" ]; then  # build each generated set once, on WORKERS cores, bef
 fi
 echo "data ready after $(( $(date +%s) - t0 )) s"
 for run in "$@"; do
-  IFS=: read -r name batch lr n <<< "$run"; tag="$name-$batch-$lr-$n"
+  IFS=: read -r name batch lr n shift <<< "$run"; tag="$name-$batch-$lr-$n${shift:+-shift$shift}"
   ( OMP_NUM_THREADS=3 python3 -m prunekit zoo train "$name" $quick --more-epochs "${EPOCHS:-60}" --device "$DEVICE" \
-      --batch "$batch" --lr "$lr" --samples "$n" --budget-minutes "$BUDGET" --out-dir "$runs/$tag" > "$runs/$tag.log" 2>&1
+      --batch "$batch" --lr "$lr" --samples "$n" --budget-minutes "$BUDGET" ${shift:+--shift "$shift"} \
+      --out-dir "$runs/$tag" > "$runs/$tag.log" 2>&1
     echo "$tag exited $? after $(( $(date +%s) - t0 )) s" ) &
 done
 wait

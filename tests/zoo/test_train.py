@@ -1,4 +1,5 @@
 """Training recipes: distillation from precomputed teacher logits matches distilling on the fly."""
+import pytest
 import torch
 from torch import nn
 
@@ -160,3 +161,28 @@ def test_continuation_options_reach_the_route_and_the_stage():
                           "distilled from fmnist-resnet's logits for each clip's clean item (KL at T=2, "
                           "weight 0.5, no label smoothing)")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_segmentation_shift_moves_mosaic_and_label_map_together():
+    from prunekit.zoo.train import _shift_pair
+    y = torch.randint(1, 11, (6, 56, 56))
+    x = y[:, None].to(torch.uint8)  # an image equal to its label map: aligned iff equal after the shift
+    g, moved = torch.Generator().manual_seed(0), 0
+    for _ in range(8):
+        xs, ys = _shift_pair(x, y, 4, g)
+        assert xs.shape == x.shape and ys.shape == y.shape and xs.dtype == torch.uint8
+        assert torch.equal(xs[:, 0].long(), ys)  # moved together; what comes in is 0 (black / background)
+        moved += int((ys == 0).any())
+    assert moved >= 6  # 81 offsets, one of them the identity
+    x8, y8 = x[:4], y[:4]  # the loader shifts only when asked: without it, the batches are as before
+    plain = next(_loader(x8, y8, 4, True, seg=True)(torch.Generator().manual_seed(1)))
+    zero = next(_loader(x8, y8, 4, True, seg=True, seg_shift=0)(torch.Generator().manual_seed(1)))
+    shifted = next(_loader(x8, y8, 4, True, seg=True, seg_shift=4)(torch.Generator().manual_seed(1)))
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero, strict=True))
+    assert shifted[1].shape == plain[1].shape
+
+
+def test_shift_is_for_mosaic_segvit_only():
+    from prunekit.zoo.train import More, _continue
+    with pytest.raises(ValueError, match="mosaic-segvit only"):
+        _continue("motion-vivit", 0, True, More(0.1, shift=2))

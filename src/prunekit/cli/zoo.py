@@ -23,6 +23,8 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=None, help="with --more-epochs: peak learning rate")
     t.add_argument("--samples", type=int, default=None,
                    help="with --more-epochs: training samples (mosaics and clips are generated, so more can be made)")
+    t.add_argument("--shift", type=int, default=None,
+                   help="with --more-epochs, mosaic-segvit: shift mosaic and label map together by up to PX pixels")
     t.add_argument("--budget-minutes", type=float, default=None,
                    help="with --more-epochs: time the first steps, then cut the epochs to fit this many minutes")
     t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
@@ -43,9 +45,9 @@ def run_train(args) -> int:
     if args.more_epochs:
         from prunekit.zoo import read_manifest
         cmd = f"{read_manifest()[args.name]['command']}; {cmd} --more-epochs {args.more_epochs:g}"
-    options = {k: getattr(args, k) for k in ("device", "batch", "lr", "samples", "budget_minutes")}
+    options = {k: getattr(args, k) for k in ("device", "batch", "lr", "samples", "budget_minutes", "shift")}
     if any(v is not None for v in options.values()) and not args.more_epochs:
-        print("error: --device, --batch, --lr, --samples and --budget-minutes set up a continuation; "
+        print("error: --device, --batch, --lr, --samples, --budget-minutes and --shift set up a continuation; "
               "add --more-epochs E", file=sys.stderr)
         return 2
     if args.more_epochs:

@@ -59,14 +59,28 @@ def _random_crops(x: torch.Tensor, y: torch.Tensor, size: int, g: torch.Generato
             torch.stack([yi[a:a + size, b:b + size] for yi, (a, b) in zip(y, offs, strict=True)]))
 
 
+def _shift_pair(x: torch.Tensor, y: torch.Tensor, pad: int, g: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random shift of up to ``pad`` px for images ``(B, C, H, W)`` and label maps ``(B, H, W)``.
+
+    What moves in from outside the canvas is black in the image and background (0) in the labels.
+    """
+    h, w = x.shape[-2:]
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
+    x, y = nn.functional.pad(x, (pad,) * 4), nn.functional.pad(y, (pad,) * 4)
+    return x[..., dy:dy + h, dx:dx + w], y[..., dy:dy + h, dx:dx + w]
+
+
 def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bool = False,
             textured: bool = False, soft: torch.Tensor | None = None, frames: bool = False,
-            crop: int | None = None) -> Batches:
+            crop: int | None = None, seg_shift: int = 0) -> Batches:
     """Shuffled batches; ``textured`` pastes each item on a fresh mosaic-texture crop (:func:`on_texture`).
 
     ``soft``: per-sample teacher logits (:func:`teacher_logits`), yielded as a third element.
     ``frames``: ``x`` holds clips, and each batch takes one random frame of each (an image batch).
     ``crop``: ``y`` holds label maps, and each batch takes a random ``crop`` px window of each pair.
+    ``seg_shift``: with ``seg`` and ``augment``, also shift each batch's images and label maps together
+    by up to that many px (:func:`_shift_pair`).
     """
     def batches(g: torch.Generator):
         order = torch.randperm(x.shape[0], generator=g)
@@ -76,6 +90,8 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bo
             yb = y[idx]
             if crop:
                 xb, yb = _random_crops(xb, yb, crop, g)
+            if augment and seg and seg_shift:
+                xb, yb = _shift_pair(xb, yb, seg_shift, g)
             xb = normalize(xb)
             if augment and not seg:
                 xb = _augment(xb, g)
@@ -356,7 +372,9 @@ class More:
     """How :data:`MORE` continues a shipped checkpoint; ``None`` fields keep the stage's own setting.
 
     ``samples``: training samples (generated sets such as mosaics and clips can grow beyond the
-    recipe's); ``budget_minutes``: shorten the run to fit (:func:`fit`'s ``budget_s``).
+    recipe's); ``budget_minutes``: shorten the run to fit (:func:`fit`'s ``budget_s``); ``shift``:
+    mosaic-segvit only, shift mosaic and label map together by up to that many px (the classifiers'
+    stages already shift by 2).
     """
 
     epochs: float
@@ -365,9 +383,10 @@ class More:
     lr: float | None = None
     samples: int | None = None
     budget_minutes: float | None = None
+    shift: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch", "lr", "samples", "budget_minutes"):
+        for name in ("epochs", "batch", "lr", "samples", "budget_minutes", "shift"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 flag = "--more-epochs" if name == "epochs" else f"--{name.replace('_', '-')}"
@@ -415,9 +434,10 @@ def more_vivit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
 def more_segvit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
     x, y = load_mosaic("train", n=512 if quick else more.samples or _SEG_SAMPLES, seed=seed)
-    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, seg=True), 2e-4, 64, x.shape[0], seed + 7,
-                               "mosaic-segvit more", label_smoothing=0.0)
-    return (f"{done} on the {x.shape[0]} whole mosaics at 196 tokens (batch {batch}, lr {lr:g}, flip, "
+    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, seg=True, seg_shift=more.shift or 0),
+                               2e-4, 64, x.shape[0], seed + 7, "mosaic-segvit more", label_smoothing=0.0)
+    shift = f"shift up to {more.shift} px + " if more.shift else ""
+    return (f"{done} on the {x.shape[0]} whole mosaics at 196 tokens (batch {batch}, lr {lr:g}, {shift}flip, "
             "no label smoothing)")
 
 
@@ -430,6 +450,8 @@ def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module,
     from prunekit.zoo.store import load_state, read_manifest
     if name not in MORE:
         raise KeyError(f"{name!r} has no continuation stage; choose one of {sorted(MORE)}")
+    if more.shift and name != "mosaic-segvit":
+        raise ValueError(f"--shift applies to mosaic-segvit only; {name}'s stage already shifts its inputs by 2 px")
     old = read_manifest()[name]
     model = models.build(name)
     model.load_state_dict(load_state(name))
