@@ -7,7 +7,8 @@
 #   .venv/bin/pip download --no-deps --only-binary=:all: -d .gpu/whl timm==1.0.31
 # then call the device tool with carry [".gpu"] and a command such as
 #   BUDGET=7 bash scripts/device_session.sh mosaic-segvit:256:1e-3:300000 mosaic-segvit:256:1e-3:300000:4
-# ($OUT comes back: cuda_tests.log, semi.log, sparsity_semi_cuda.json, zoo.tgz).
+# ($OUT comes back: cuda_tests.log, semi.log, sparsity_semi_cuda.json, one TAG.tgz per finished run;
+# at most 8 files come back, so give at most 5 runs).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD/src PRUNEKIT_DATA=$PWD/.gpu/fmnist PRUNEKIT_CACHE=/tmp/pkc PYTHONUNBUFFERED=1
@@ -16,4 +17,4 @@ python3 -m pytest -q -p no:cacheprovider -rs tests/sparse/test_kernels.py -k cud
 tail -1 "$OUT/cuda_tests.log"
 (cd benchmarks && python3 bench_sparsity_semi_cuda.py > "$OUT/semi.log" 2>&1; cp results/sparsity_semi_cuda.json "$OUT/")
 tail -12 "$OUT/semi.log"
-[ $# -gt 0 ] && bash scripts/train_zoo_gpu.sh "$@"
+if [ $# -gt 0 ]; then bash scripts/train_zoo_gpu.sh "$@"; fi

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Continue shipped zoo checkpoints on a GPU: every RUN (NAME:BATCH:LR:SAMPLES[:SHIFT], SHIFT for
 # mosaic-segvit's --shift) at once on the one GPU,
-# each cut to a time budget; checkpoints, manifests and logs go to $OUT/zoo.tgz (pick the best, install
-# it into src/prunekit/zoo/). Run from the repo root on a machine with CUDA, PyTorch, timm and
+# each cut to a time budget. Each run's checkpoint, manifest and log go to $OUT/TAG.tgz as soon as it
+# ends, so finished runs come back even if the call is stopped (pick the best, install it into
+# src/prunekit/zoo/). The budget covers training only: data building, loading and evaluation come on top. Run from the repo root on a machine with CUDA, PyTorch, timm and
 # Fashion-MNIST (PRUNEKIT_DATA). Env: DEVICE (cuda), BUDGET (training minutes per run, 5), EPOCHS
 # (asked before the budget cuts, 60), QUICK (1: a smoke run on 512 samples), WORKERS (14).
 # Session 11 ran it with no RUN arguments, i.e. the four runs below, and BUDGET=6:
@@ -30,8 +31,8 @@ for run in "$@"; do
   ( OMP_NUM_THREADS=3 python3 -m prunekit zoo train "$name" $quick --more-epochs "${EPOCHS:-60}" --device "$DEVICE" \
       --batch "$batch" --lr "$lr" --samples "$n" --budget-minutes "$BUDGET" ${shift:+--shift "$shift"} \
       --out-dir "$runs/$tag" > "$runs/$tag.log" 2>&1
-    echo "$tag exited $? after $(( $(date +%s) - t0 )) s" ) &
+    echo "$tag exited $? after $(( $(date +%s) - t0 )) s"
+    tar czf "$OUT/$tag.tgz" -C "$runs" "$tag.log" $( [ -d "$runs/$tag" ] && echo "$tag" ) ) &
 done
 wait
 for f in "$runs"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -E 'more:|"(miou|top1)"' | tail -3; done
-tar czf "$OUT/zoo.tgz" -C "$runs" .

@@ -150,17 +150,29 @@ def test_fit_cuts_its_schedule_to_a_time_budget_and_says_how_many_steps_ran():
     model = torch.nn.Linear(8, 2)
     res = fit(model, batches, 10_000, 1e-2, 8, budget_s=0.3, device="cpu")
     assert 60 <= res.steps < 80_000  # probed for 60 steps, then cut far below the 80000 asked
+    assert res.last_lr < 1e-4  # the cosine schedule was cut with it and ran down to ~0 (uncut: still 1e-2)
     full = fit(torch.nn.Linear(8, 2), batches, 10, 1e-2, 8, budget_s=1e6)
-    assert full.steps == 80  # a budget that is not binding changes nothing
+    plain = fit(torch.nn.Linear(8, 2), batches, 10, 1e-2, 8)
+    assert full.steps == plain.steps == 80 and full.last_lr == plain.last_lr  # a slack budget changes nothing
 
 
 def test_continuation_options_reach_the_route_and_the_stage():
+    from prunekit.zoo.store import load_state
     from prunekit.zoo.train import More, _continue
     model, route, _ = _continue("motion-vivit", 0, True, More(0.5, device="cpu", batch=32, lr=5e-4))
     assert route.endswith("0.5 more epochs on 512 clips at 196 tokens, batch 32, lr 0.0005, shift+flip, "
                           "distilled from fmnist-resnet's logits for each clip's clean item (KL at T=2, "
                           "weight 0.5, no label smoothing)")
-    assert next(model.parameters()).device.type == "cpu"
+    assert not torch.equal(model.head.weight, load_state("motion-vivit")["head.weight"])  # it trained
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_cuda_continuation_without_cuda_is_refused_up_front():
+    from prunekit.zoo.train import More
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        More(1, device="cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        More(1, device="gpu0")
 
 
 def test_segmentation_shift_moves_mosaic_and_label_map_together():
@@ -179,7 +191,7 @@ def test_segmentation_shift_moves_mosaic_and_label_map_together():
     zero = next(_loader(x8, y8, 4, True, seg=True, seg_shift=0)(torch.Generator().manual_seed(1)))
     shifted = next(_loader(x8, y8, 4, True, seg=True, seg_shift=4)(torch.Generator().manual_seed(1)))
     assert all(torch.equal(a, b) for a, b in zip(plain, zero, strict=True))
-    assert shifted[1].shape == plain[1].shape
+    assert shifted[1].shape == plain[1].shape and not torch.equal(shifted[1], plain[1])
 
 
 def test_shift_is_for_mosaic_segvit_only():

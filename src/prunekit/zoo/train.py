@@ -108,6 +108,7 @@ class FitResult:
     steps: int
     seconds: float
     last_loss: float
+    last_lr: float = float("nan")
 
 
 _PROBE = (10, 60)  # steps between which fit times itself when given a budget
@@ -124,25 +125,30 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
     recipe for data-starved ViTs). Batches of three carry the teacher's logits precomputed
     (:func:`teacher_logits`), which distils at no teacher cost per step.
 
-    ``device``: train there (batches are built on the CPU and moved; CUDA runs under bf16 autocast);
-    the model stays there afterwards. ``budget_s``: time steps 10-60, then shorten the run (the
-    cosine schedule with it) so that it fits the budget; the returned ``steps`` say how many ran.
+    ``device``: train there (batches are built on the CPU and moved; an explicit CUDA device runs
+    under bf16 autocast); the model stays there afterwards. ``budget_s``: time steps 10-60, then
+    shorten the run (the warm-up and cosine schedule with it) so that it fits the budget; the
+    returned ``steps`` say how many ran.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(dev)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" \
-        else contextlib.nullcontext
+    if teacher is not None:
+        teacher.to(dev)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
+        if device is not None and dev.type == "cuda" else contextlib.nullcontext
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "pos_embed" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     total = max(1, int(epochs * steps_per_epoch))
-    warm = min(200, total // 10)
-    plan = {"total": total}  # the schedule reads it, so a budget can shorten the run
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, plan["total"] - warm)))))
+    plan = {"total": total, "warm": min(200, total // 10)}  # the schedule reads it, so a budget can shorten it
+
+    def lr_factor(s: int) -> float:
+        t, w = plan["total"], plan["warm"]
+        return (s + 1) / w if s < w else 0.5 * (1 + math.cos(math.pi * min(s - w, t - w) / max(1, t - w)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model.train()
     step, t0, loss_ema, probe_start = 0, time.time(), float("nan"), 0.0
     bar = tqdm(total=total, desc=desc, file=sys.stderr, mininterval=5)
@@ -165,17 +171,18 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             if budget_s and step == _PROBE[0]:
-                probe_start = time.time()
+                probe_start = time.perf_counter()
             elif budget_s and step == _PROBE[1]:  # loss.item() synchronised, so the clock is true
-                per_step = (time.time() - probe_start) / (_PROBE[1] - _PROBE[0])
+                per_step = max(1e-6, (time.perf_counter() - probe_start) / (_PROBE[1] - _PROBE[0]))
                 left = budget_s - (time.time() - t0)
                 plan["total"] = max(step, min(total, step + int(left / per_step)))
+                plan["warm"] = min(plan["warm"], plan["total"] // 10)
                 bar.total = plan["total"]
             if step >= plan["total"]:
                 break
     bar.close()
     model.eval()
-    return FitResult(step, time.time() - t0, loss_ema)
+    return FitResult(step, time.time() - t0, loss_ema, opt.param_groups[0]["lr"])
 
 
 @torch.no_grad()
@@ -391,6 +398,14 @@ class More:
             if value is not None and not value > 0:
                 flag = "--more-epochs" if name == "epochs" else f"--{name.replace('_', '-')}"
                 raise ValueError(f"continuation: {flag} must be positive, got {value}")
+        if self.device is not None:
+            try:
+                kind = torch.device(self.device).type
+            except RuntimeError as err:
+                raise ValueError(f"continuation: --device {self.device!r} is not a torch device ({err})") from None
+            if kind == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"continuation: --device {self.device} but no CUDA device is visible; "
+                                 "drop --device to train on the CPU")
 
     def run(self, model: nn.Module, batches: Batches, default_lr: float, default_batch: int, n: int,
             seed: int, desc: str, **fit_kw) -> tuple[str, int, float]:
@@ -404,12 +419,15 @@ class More:
         cut = res.steps < max(1, int(self.epochs * (n // batch)))
         done = (f"{res.steps / (n // batch):.2f} more epochs ({self.epochs:g} asked, cut to fit "
                 f"{self.budget_minutes:g} min)") if cut else f"{self.epochs:g} more epochs"
-        where = "" if self.device in (None, "cpu") else f" on {_device_name(self.device)} (bf16 autocast)"
-        return done + where, batch, lr
+        return done + _where(self.device), batch, lr
 
 
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device)
+def _where(device: str | None) -> str:
+    """The route's words for the training device: nothing for the CPU."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        return f" on {torch.cuda.get_device_name(device)} (bf16 autocast)"
+    return "" if kind == "cpu" else f" on {device}"
 
 
 def more_vit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
