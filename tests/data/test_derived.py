@@ -18,6 +18,16 @@ def test_mosaic_shapes_labels_and_determinism():
     assert (y[0] > 0).sum() < 3 * 28 * 28
 
 
+def test_mosaic_labels_are_cached_as_uint8_and_returned_as_int64(tmp_path, monkeypatch):
+    from prunekit.data.cache import cache_dir
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    x, y = load_mosaic("test", n=5, seed=9)
+    stored = torch.load(cache_dir() / "mosaic-test-5-9-3-v1.pt", weights_only=True)
+    assert stored[1].dtype == torch.uint8 and torch.equal(stored[1].long(), y) and torch.equal(stored[0], x)
+    x2, y2 = load_mosaic("test", n=5, seed=9)  # from the cache
+    assert y.dtype == y2.dtype == torch.int64 and torch.equal(y, y2) and torch.equal(x, x2)
+
+
 def test_on_texture_keeps_silhouette_and_fills_the_rest_with_texture():
     items = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
     items[:, :, 8:20, 8:20] = 180  # a square garment; the rest is below the silhouette level

@@ -75,9 +75,12 @@ def load_mosaic(split: str = "test", n: int = 2000, seed: int = 0, n_items: int 
                 data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` deterministic mosaics from the items of the Fashion-MNIST ``split``.
 
-    A first call builds them (on ``PRUNEKIT_WORKERS`` processes, :mod:`prunekit.data.parallel`) and caches them.
+    A first call builds them (on ``PRUNEKIT_WORKERS`` processes, :mod:`prunekit.data.parallel`) and caches them,
+    the label maps as uint8 (8x less disk than int64); they come back as int64, as losses and metrics want.
     """
     def build():
         items, labels = load_fashion_mnist(split, data_dir)
-        return build_stacked(lambda i: make_mosaic(items, labels, sample_generator(seed, split, i), n_items), n)
-    return cached(f"mosaic-{split}-{n}-{seed}-{n_items}", build)
+        x, y = build_stacked(lambda i: make_mosaic(items, labels, sample_generator(seed, split, i), n_items), n)
+        return x, y.to(torch.uint8)
+    x, y = cached(f"mosaic-{split}-{n}-{seed}-{n_items}", build)
+    return x, y.long()
