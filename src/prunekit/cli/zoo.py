@@ -51,7 +51,7 @@ def run_train(args) -> int:
               "add --more-epochs E", file=sys.stderr)
         return 2
     if args.more_epochs:
-        cmd += "".join(f" --{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f" --{k.replace('_', '-')} {v}"
+        cmd += "".join(f" --{k.replace('_', '-')} {f'{v:g}' if isinstance(v, float) else v}"
                        for k, v in options.items() if v is not None)
     try:
         more = More(args.more_epochs, **options) if args.more_epochs else None

@@ -407,10 +407,10 @@ class More:
                 raise ValueError(f"continuation: --device {self.device} but no CUDA device is visible; "
                                  "drop --device to train on the CPU")
 
-    def run(self, model: nn.Module, batches: Batches, default_lr: float, default_batch: int, n: int,
-            seed: int, desc: str, **fit_kw) -> tuple[str, int, float]:
-        """Fit, and return the route's words: ``'E epochs ... on DEVICE'``, the batch and the lr used."""
-        batch, lr = self.batch or default_batch, self.lr or default_lr
+    def run(self, model: nn.Module, batches: Batches, batch: int, default_lr: float, n: int,
+            seed: int, desc: str, **fit_kw) -> tuple[str, float]:
+        """Fit on ``batches`` of ``batch``; return the route's words (``'E more epochs ... on DEVICE'``) and the lr."""
+        lr = self.lr or default_lr
         if n < batch:
             raise ValueError(f"continuation of {desc!r}: {n} training samples cannot fill one batch of {batch}; "
                              "raise --samples or lower --batch")
@@ -419,7 +419,7 @@ class More:
         cut = res.steps < max(1, int(self.epochs * (n // batch)))
         done = (f"{res.steps / (n // batch):.2f} more epochs ({self.epochs:g} asked, cut to fit "
                 f"{self.budget_minutes:g} min)") if cut else f"{self.epochs:g} more epochs"
-        return done + _where(self.device), batch, lr
+        return done + _where(self.device), lr
 
 
 def _where(device: str | None) -> str:
@@ -433,8 +433,9 @@ def _where(device: str | None) -> str:
 def more_vit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_vit`'s 196-token stage on the whole training set."""
     x, y = _fmnist(1024 if quick else more.samples)
-    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, soft=teacher_logits(x, more.device)),
-                               3e-4, 64, x.shape[0], seed + 7, "fmnist-vit more", **_VIT_DISTILL)
+    batch = more.batch or 64
+    done, lr = more.run(model, _loader(x, y, batch, True, soft=teacher_logits(x, more.device)), batch, 3e-4,
+                        x.shape[0], seed + 7, "fmnist-vit more", **_VIT_DISTILL)
     return (f"{done} on {x.shape[0]} samples at 196 tokens distilled from fmnist-resnet's "
             f"precomputed logits (KL at T=2, weight 0.5, no label smoothing, lr {lr:g}, batch {batch}, shift+flip)")
 
@@ -443,8 +444,9 @@ def more_vivit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_vivit`'s video stage (196 tokens, distilled)."""
     n = 512 if quick else more.samples or 60000
     x, y, soft = _motion_train(n, seed, more.device)
-    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, soft=soft), 3e-4, 64, n, seed + 7,
-                               "motion-vivit more", **_VIT_DISTILL)
+    batch = more.batch or 64
+    done, lr = more.run(model, _loader(x, y, batch, True, soft=soft), batch, 3e-4, n, seed + 7, "motion-vivit more",
+                        **_VIT_DISTILL)
     return (f"{done} on {n} clips at 196 tokens, batch {batch}, lr {lr:g}, shift+flip, distilled from "
             "fmnist-resnet's logits for each clip's clean item (KL at T=2, weight 0.5, no label smoothing)")
 
@@ -452,8 +454,9 @@ def more_vivit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
 def more_segvit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
     x, y = load_mosaic("train", n=512 if quick else more.samples or _SEG_SAMPLES, seed=seed)
-    done, batch, lr = more.run(model, _loader(x, y, more.batch or 64, True, seg=True, seg_shift=more.shift or 0),
-                               2e-4, 64, x.shape[0], seed + 7, "mosaic-segvit more", label_smoothing=0.0)
+    batch = more.batch or 64
+    done, lr = more.run(model, _loader(x, y, batch, True, seg=True, seg_shift=more.shift or 0), batch, 2e-4,
+                        x.shape[0], seed + 7, "mosaic-segvit more", label_smoothing=0.0)
     shift = f"shift up to {more.shift} px + " if more.shift else ""
     return (f"{done} on the {x.shape[0]} whole mosaics at 196 tokens (batch {batch}, lr {lr:g}, {shift}flip, "
             "no label smoothing)")
