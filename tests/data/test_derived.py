@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from prunekit.data import load_corpus, load_fashion_mnist, load_mosaic, load_motion, motion_items
@@ -16,6 +17,15 @@ def test_mosaic_shapes_labels_and_determinism():
     assert 0.15 < float(fg) < 0.7  # items cover a real part of the canvas, background the rest
     # silhouettes are irregular: label regions are not axis-aligned boxes
     assert (y[0] > 0).sum() < 3 * 28 * 28
+
+
+def test_mosaic_start_gives_the_same_samples_as_a_longer_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    x, y = load_mosaic("train", n=7)
+    xs, ys = load_mosaic("train", n=3, start=4)
+    assert torch.equal(xs, x[4:]) and torch.equal(ys, y[4:])
+    with pytest.raises(ValueError, match="start=-1"):
+        load_mosaic("train", n=3, start=-1)
 
 
 def test_mosaic_labels_are_cached_as_uint8_and_returned_as_int64(tmp_path, monkeypatch):

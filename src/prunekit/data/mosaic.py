@@ -72,15 +72,19 @@ def make_mosaic(items: torch.Tensor, labels: torch.Tensor, g: torch.Generator, n
 
 
 def load_mosaic(split: str = "test", n: int = 2000, seed: int = 0, n_items: int = 3,
-                data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` deterministic mosaics from the items of the Fashion-MNIST ``split``.
+                data_dir: str | os.PathLike | None = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` deterministic mosaics from the Fashion-MNIST ``split``'s items: samples ``start`` to ``start + n - 1``.
 
-    A first call builds them (on ``PRUNEKIT_WORKERS`` processes, :mod:`prunekit.data.parallel`) and caches them,
-    the label maps as uint8 (8x less disk than int64); they come back as int64, as losses and metrics want.
+    Sample ``i`` is the same whatever ``n`` and ``start`` are, so ``start`` past a training set's size
+    gives mosaics that set never held. A first call builds them (on ``PRUNEKIT_WORKERS`` processes,
+    :mod:`prunekit.data.parallel`) and caches them, the label maps as uint8 (8x less disk than int64);
+    they come back as int64, as losses and metrics want.
     """
     def build():
         items, labels = load_fashion_mnist(split, data_dir)
-        x, y = build_stacked(lambda i: make_mosaic(items, labels, sample_generator(seed, split, i), n_items), n)
+        x, y = build_stacked(lambda i: make_mosaic(items, labels, sample_generator(seed, split, start + i), n_items), n)
         return x, y.to(torch.uint8)
-    x, y = cached(f"mosaic-{split}-{n}-{seed}-{n_items}", build)
+    if start < 0:
+        raise ValueError(f"load_mosaic: start={start}; the first sample index is 0")
+    x, y = cached(f"mosaic-{split}-{n}-{seed}-{n_items}" + (f"-from{start}" if start else ""), build)
     return x, y.long()
