@@ -76,3 +76,16 @@ def test_zoo_train_continuation_refuses_bad_settings_with_the_flag_named(capsys,
             "--out-dir", str(tmp_path)]
     assert main(args) == 2  # quick: 512 mosaics
     assert "cannot fill one batch of 1024" in capsys.readouterr().err and not (tmp_path / "manifest.json").exists()
+
+
+def test_zoo_train_records_the_segmentation_continuation_flags(tmp_path, capsys):
+    args = ["zoo", "train", "mosaic-segvit", "--quick", "--more-epochs", "0.05", "--sample-offset", "96000",
+            "--decoder-only", "--out-dir", str(tmp_path)]
+    assert main(args) == 0
+    entry = json.loads((tmp_path / "manifest.json").read_text())["mosaic-segvit"]
+    assert entry["command"].endswith("prunekit zoo train mosaic-segvit --more-epochs 0.05 --sample-offset 96000 "
+                                     "--decoder-only")
+    assert "numbered 96000-96511" in entry["route"] and "(encoder frozen)" in entry["route"]
+    assert main(["zoo", "train", "mosaic-segvit", "--decoder-only"]) == 2
+    assert main(["zoo", "train", "mosaic-segvit", "--more-epochs", "1", "--sample-offset", "0"]) == 2
+    assert "--sample-offset must be positive" in capsys.readouterr().err

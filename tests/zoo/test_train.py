@@ -194,7 +194,22 @@ def test_segmentation_shift_moves_mosaic_and_label_map_together():
     assert shifted[1].shape == plain[1].shape and not torch.equal(shifted[1], plain[1])
 
 
-def test_shift_is_for_mosaic_segvit_only():
+@pytest.mark.parametrize("option", [{"shift": 2}, {"offset": 100}, {"decoder_only": True}])
+def test_segmentation_options_are_for_mosaic_segvit_only(option):
     from prunekit.zoo.train import More, _continue
     with pytest.raises(ValueError, match="mosaic-segvit only"):
-        _continue("motion-vivit", 0, True, More(0.1, shift=2))
+        _continue("motion-vivit", 0, True, More(0.1, **option))
+
+
+def test_a_decoder_only_continuation_on_fresh_mosaics_trains_the_heads_and_leaves_the_encoder():
+    from prunekit.zoo.store import load_state
+    from prunekit.zoo.train import More, _continue
+    model, route, _ = _continue("mosaic-segvit", 0, True, More(0.2, offset=96000, decoder_only=True))
+    shipped = load_state("mosaic-segvit")
+    enc = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    assert all(torch.equal(v, shipped[k]) for k, v in enc.items())  # frozen
+    assert not torch.equal(model.decoder.weight, shipped["decoder.weight"])
+    assert not torch.equal(model.refine.fuse[0].weight, shipped["refine.fuse.0.weight"])
+    assert all(p.requires_grad for p in model.parameters())  # the freeze was undone afterwards
+    assert ("0.2 more epochs on 512 whole training mosaics numbered 96000-96511 at 196 tokens, decoder and "
+            "pixel-refinement head only (encoder frozen)") in route

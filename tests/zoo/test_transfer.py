@@ -74,3 +74,28 @@ def test_decoder_from_head_scores_each_patch_as_the_classifier_does():
         assert torch.equal(per_patch[..., 0], torch.zeros_like(per_patch[..., 0]))  # background row at zero
     with pytest.raises(ValueError, match="background row"):
         decoder_from_head(cls.state_dict(), nn.Linear(96, 10))
+
+
+def test_adding_the_refine_head_to_an_old_segmenter_state_keeps_its_outputs():
+    from prunekit.zoo.transfer import load_adding_heads
+    torch.manual_seed(0)
+    old = models.build_segvit(refine=False).eval()
+    new = models.build_segvit().eval()
+    kept = load_adding_heads(new, old.state_dict(), ("refine.",))
+    assert kept and all(k.startswith("refine.") for k in kept)
+    assert len(kept) == sum(1 for k in new.state_dict() if k.startswith("refine."))
+    x = torch.randn(3, 1, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x), atol=1e-5, rtol=0)
+    assert load_adding_heads(new, new.state_dict(), ("refine.",)) == []  # a full state keeps nothing
+
+
+def test_adding_heads_refuses_a_state_missing_other_keys_and_leaves_the_model_as_it_was():
+    from prunekit.zoo.transfer import load_adding_heads
+    model = models.build_segvit()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: torch.zeros_like(v) for k, v in models.build_segvit(refine=False).state_dict().items()
+             if k != "decoder.bias"}
+    with pytest.raises(ValueError, match=r"missing \['decoder.bias'\]"):
+        load_adding_heads(model, state, ("refine.",))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -25,10 +25,23 @@ def register(sub) -> None:
                    help="with --more-epochs: training samples (mosaics and clips are generated, so more can be made)")
     t.add_argument("--shift", type=int, default=None,
                    help="with --more-epochs, mosaic-segvit: shift mosaic and label map together by up to PX pixels")
+    t.add_argument("--sample-offset", dest="offset", type=int, default=None,
+                   help="with --more-epochs, mosaic-segvit: take the training mosaics from index N on "
+                        "(past earlier stages' sets, so all are new to the model)")
+    t.add_argument("--decoder-only", action="store_const", const=True, default=None,
+                   help="with --more-epochs, mosaic-segvit: train the decoder and refinement head, encoder frozen")
     t.add_argument("--budget-minutes", type=float, default=None,
                    help="with --more-epochs: time the first steps, then cut the epochs to fit this many minutes")
     t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
     t.set_defaults(func=run_train)
+
+
+def _flag(key: str, value) -> str:
+    """A continuation option as the command line gave it (recorded in the manifest's command)."""
+    flag = " --" + {"offset": "sample-offset"}.get(key, key.replace("_", "-"))
+    if value is True:
+        return flag
+    return f"{flag} {f'{value:g}' if isinstance(value, float) else value}"
 
 
 def run_list(args) -> int:
@@ -45,14 +58,14 @@ def run_train(args) -> int:
     if args.more_epochs:
         from prunekit.zoo import read_manifest
         cmd = f"{read_manifest()[args.name]['command']}; {cmd} --more-epochs {args.more_epochs:g}"
-    options = {k: getattr(args, k) for k in ("device", "batch", "lr", "samples", "budget_minutes", "shift")}
+    options = {k: getattr(args, k) for k in ("device", "batch", "lr", "samples", "budget_minutes", "shift",
+                                             "offset", "decoder_only")}
     if any(v is not None for v in options.values()) and not args.more_epochs:
-        print("error: --device, --batch, --lr, --samples, --budget-minutes and --shift set up a continuation; "
-              "add --more-epochs E", file=sys.stderr)
+        print("error: --device, --batch, --lr, --samples, --budget-minutes, --shift, --sample-offset and "
+              "--decoder-only set up a continuation; add --more-epochs E", file=sys.stderr)
         return 2
     if args.more_epochs:
-        cmd += "".join(f" --{k.replace('_', '-')} {f'{v:g}' if isinstance(v, float) else v}"
-                       for k, v in options.items() if v is not None)
+        cmd += "".join(_flag(k, v) for k, v in options.items() if v is not None)
     try:
         more = More(args.more_epochs, **options) if args.more_epochs else None
         entry = train_model(args.name, seed=args.seed, quick=args.quick, out_dir=args.out_dir, command=cmd,

@@ -16,7 +16,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["ResNetFM", "SegViT", "TubeletEmbed", "vit", "build", "BUILDERS"]
+__all__ = ["ResNetFM", "PixelRefine", "SegViT", "TubeletEmbed", "vit", "build", "BUILDERS"]
 
 
 class BasicBlock(nn.Module):
@@ -84,13 +84,51 @@ class TubeletEmbed(PatchEmbed):
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
-class SegViT(nn.Module):
-    """Segmenter-style segmentation: a timm ViT encoder, a linear decoder per patch, bilinear upsampling."""
+class PixelRefine(nn.Module):
+    """Sharpens upsampled patch logits with full-resolution evidence from the image (a light skip decoder).
 
-    def __init__(self, encoder: VisionTransformer, num_classes: int):
+    A patch token covers 4x4 px, so bilinear upsampling of patch logits cannot follow a garment's
+    silhouette inside a patch. This head sees the image itself (two 3x3 convs), the upsampled logits
+    and a projection of the tokens, and adds a per-pixel correction; its last conv starts at zero, so
+    a model given this head computes exactly what it did without it.
+
+    >>> r = PixelRefine(96, 11)
+    >>> r(torch.randn(2, 196, 96), (14, 14), torch.randn(2, 11, 56, 56), torch.randn(2, 1, 56, 56)).abs().max()
+    tensor(0., grad_fn=<MaxBackward1>)
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, in_chans: int = 1, image_dim: int = 8,
+                 hidden: int = 16):
+        super().__init__()
+        self.image = nn.Sequential(nn.Conv2d(in_chans, image_dim, 3, 1, 1), nn.ReLU(),
+                                   nn.Conv2d(image_dim, image_dim, 3, 1, 1), nn.ReLU())
+        self.proj = nn.Linear(embed_dim, image_dim)
+        self.fuse = nn.Sequential(nn.Conv2d(num_classes + 2 * image_dim, hidden, 3, 1, 1), nn.ReLU(),
+                                  nn.Conv2d(hidden, num_classes, 3, 1, 1))
+        nn.init.zeros_(self.fuse[-1].weight)
+        nn.init.zeros_(self.fuse[-1].bias)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int], logits: torch.Tensor,
+                image: torch.Tensor) -> torch.Tensor:
+        """The correction to add to ``logits`` ``(B, K, H, W)``, from patch ``tokens`` ``(B, N, D)`` on ``grid``."""
+        feat = self.proj(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+        feat = nn.functional.interpolate(feat, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([logits, feat, self.image(image)], 1))
+
+
+class SegViT(nn.Module):
+    """Segmenter-style segmentation: a timm ViT encoder, a linear decoder per patch, bilinear upsampling.
+
+    ``refine``: add a :class:`PixelRefine` head, which corrects the upsampled logits from the image
+    at full resolution (mosaic-segvit has one; ``refine=False`` is Segmenter's plain linear decoder).
+    """
+
+    def __init__(self, encoder: VisionTransformer, num_classes: int, refine: bool = False):
         super().__init__()
         self.encoder = encoder
         self.decoder = nn.Linear(encoder.embed_dim, num_classes)
+        self.refine = PixelRefine(encoder.embed_dim, num_classes, encoder.patch_embed.proj.in_channels) \
+            if refine else None
 
     def get_classifier(self) -> nn.Module:
         return self.decoder
@@ -98,9 +136,10 @@ class SegViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         tokens = self.encoder.forward_features(x)[:, self.encoder.num_prefix_tokens:]
-        gh, gw = self.encoder.patch_embed.grid_size
-        logits = self.decoder(tokens).transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
-        return nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        grid = self.encoder.patch_embed.grid_size
+        logits = self.decoder(tokens).transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        logits = nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits if self.refine is None else logits + self.refine(tokens, grid, logits, x)
 
 
 def vit(img_size: int, patch: int, width: int, depth: int, heads: int, classes: int, **kw) -> VisionTransformer:
@@ -118,9 +157,12 @@ def build_vit(patch: int = 2) -> VisionTransformer:
     return vit(28, patch, 96, 12, 4, 10)
 
 
-def build_segvit(patch: int = 4, canvas: int = 56) -> SegViT:
-    """mosaic-segvit: 56 px canvas, patch 4 -> 196 tokens, 8 blocks, width 96, 4 heads (28 px: 49-token crops)."""
-    return SegViT(vit(canvas, patch, 96, 8, 4, 0, global_pool=""), 11)
+def build_segvit(patch: int = 4, canvas: int = 56, refine: bool = True) -> SegViT:
+    """mosaic-segvit: 56 px canvas, patch 4 -> 196 tokens, 8 blocks, width 96, 4 heads (28 px: 49-token crops).
+
+    ``refine``: with the :class:`PixelRefine` head (the shipped model has it).
+    """
+    return SegViT(vit(canvas, patch, 96, 8, 4, 0, global_pool=""), 11, refine)
 
 
 def build_vivit() -> VisionTransformer:

@@ -23,7 +23,7 @@ from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, motion_i
 from prunekit.data.mosaic import on_texture
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
-from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, transfer_vit
+from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, load_adding_heads, transfer_vit
 
 __all__ = ["train_model", "fit", "More", "RECIPES", "MORE", "SUBSET"]
 
@@ -381,7 +381,10 @@ class More:
     ``samples``: training samples (generated sets such as mosaics and clips can grow beyond the
     recipe's); ``budget_minutes``: shorten the run to fit (:func:`fit`'s ``budget_s``); ``shift``:
     mosaic-segvit only, shift mosaic and label map together by up to that many px (the classifiers'
-    stages already shift by 2).
+    stages already shift by 2); ``offset``: mosaic-segvit only, take the training mosaics from this
+    index on (past the sets earlier stages trained on, so every mosaic is new to the model);
+    ``decoder_only``: mosaic-segvit only, train the decoder and its pixel-refinement head with the
+    encoder frozen.
     """
 
     epochs: float
@@ -391,12 +394,14 @@ class More:
     samples: int | None = None
     budget_minutes: float | None = None
     shift: int | None = None
+    offset: int | None = None
+    decoder_only: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch", "lr", "samples", "budget_minutes", "shift"):
+        for name in ("epochs", "batch", "lr", "samples", "budget_minutes", "shift", "offset"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                flag = "--more-epochs" if name == "epochs" else f"--{name.replace('_', '-')}"
+                flag = {"epochs": "--more-epochs", "offset": "--sample-offset"}.get(name, f"--{name.replace('_', '-')}")
                 raise ValueError(f"continuation: {flag} must be positive, got {value}")
         if self.device is not None:
             try:
@@ -451,14 +456,32 @@ def more_vivit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
             "fmnist-resnet's logits for each clip's clean item (KL at T=2, weight 0.5, no label smoothing)")
 
 
+@contextlib.contextmanager
+def _frozen(module: nn.Module):
+    """Parameters of ``module`` take no gradient inside the block; their flags come back afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def more_segvit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
-    x, y = load_mosaic("train", n=512 if quick else more.samples or _SEG_SAMPLES, seed=seed)
+    start = more.offset or 0
+    x, y = load_mosaic("train", n=512 if quick else more.samples or _SEG_SAMPLES, seed=seed, start=start)
     batch = more.batch or 64
-    done, lr = more.run(model, _loader(x, y, batch, True, seg=True, seg_shift=more.shift or 0), batch, 2e-4,
-                        x.shape[0], seed + 7, "mosaic-segvit more", label_smoothing=0.0)
+    with _frozen(model.encoder) if more.decoder_only else contextlib.nullcontext():
+        done, lr = more.run(model, _loader(x, y, batch, True, seg=True, seg_shift=more.shift or 0), batch, 2e-4,
+                            x.shape[0], seed + 7, "mosaic-segvit more", label_smoothing=0.0)
     shift = f"shift up to {more.shift} px + " if more.shift else ""
-    return (f"{done} on the {x.shape[0]} whole mosaics at 196 tokens (batch {batch}, lr {lr:g}, {shift}flip, "
+    which = f"the {x.shape[0]} whole mosaics" if not start else \
+        f"{x.shape[0]} whole training mosaics numbered {start}-{start + x.shape[0] - 1}"
+    part = ", decoder and pixel-refinement head only (encoder frozen)" if more.decoder_only else ""
+    return (f"{done} on {which} at 196 tokens{part} (batch {batch}, lr {lr:g}, {shift}flip, "
             "no label smoothing)")
 
 
@@ -466,17 +489,30 @@ MORE: dict[str, Callable[[nn.Module, int, bool, More], str]] = {
     "fmnist-vit": more_vit, "mosaic-segvit": more_segvit, "motion-vivit": more_vivit}
 
 
+_NEW_HEADS = {"mosaic-segvit": ("refine.",)}  # heads added to an architecture after its checkpoint was shipped
+
+
 def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module, str, float]:
-    """Load the shipped checkpoint of ``name`` and train it ``more.epochs`` more; the route says so."""
+    """Load the shipped checkpoint of ``name`` and train it ``more.epochs`` more; the route says so.
+
+    A checkpoint made before a head of :data:`_NEW_HEADS` existed gets that head as initialised (the
+    pixel-refinement head starts at zero, so the model starts with the checkpoint's outputs).
+    """
     from prunekit.zoo.store import load_state, read_manifest
     if name not in MORE:
         raise KeyError(f"{name!r} has no continuation stage; choose one of {sorted(MORE)}")
     if more.shift and name != "mosaic-segvit":
         raise ValueError(f"--shift applies to mosaic-segvit only; {name}'s stage already shifts its inputs by 2 px")
+    for flag, value in (("--sample-offset", more.offset), ("--decoder-only", more.decoder_only)):
+        if value and name != "mosaic-segvit":
+            raise ValueError(f"{flag} applies to mosaic-segvit only")
     old = read_manifest()[name]
     model = models.build(name)
-    model.load_state_dict(load_state(name))
+    added = load_adding_heads(model, load_state(name), _NEW_HEADS.get(name, ()))
     stage = MORE[name](model, seed, quick, more)
+    if added:
+        stage = ("added the pixel-refinement head (zero-initialised output conv, so it started with the "
+                 f"checkpoint's outputs), then {stage}")
     route = f"{old['route']}; then, resumed from the checkpoint with sha256 {old['sha256'][:12]}, {stage}"
     return model, route, float(old.get("train_minutes", 0.0))
 

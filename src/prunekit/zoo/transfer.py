@@ -17,7 +17,7 @@ import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from torch import nn
 
-__all__ = ["transfer_vit", "inflate_to_video", "decoder_from_head"]
+__all__ = ["transfer_vit", "inflate_to_video", "decoder_from_head", "load_adding_heads"]
 
 
 def _encoder(model: nn.Module) -> tuple[nn.Module, str]:
@@ -100,3 +100,26 @@ def decoder_from_head(cls_state: dict[str, torch.Tensor], decoder: nn.Linear) ->
     decoder.weight[1:] = w
     decoder.bias[1:] = b
     return decoder
+
+
+def load_adding_heads(model: nn.Module, state: dict[str, torch.Tensor], heads: tuple[str, ...]) -> list[str]:
+    """Load ``state`` into ``model``, keeping ``model``'s own initialisation of parameters under ``heads``
+    (key prefixes) that ``state`` lacks: a head added to the architecture after the checkpoint was made.
+
+    Returns the keys so kept (empty when ``state`` has them all). Any other missing or unexpected key
+    fails as a strict load does, and leaves ``model`` unchanged.
+
+    >>> from prunekit.zoo.models import build_segvit
+    >>> old = build_segvit(refine=False).state_dict()
+    >>> len(load_adding_heads(build_segvit(), old, ("refine.",))) > 0
+    True
+    """
+    own = model.state_dict()
+    kept = [k for k in own if k not in state and k.startswith(heads)]
+    missing = [k for k in own if k not in state and not k.startswith(heads)]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"load_adding_heads: the state does not fit {type(model).__name__} beyond the new heads "
+                         f"{list(heads)}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict({**{k: own[k] for k in kept}, **state})
+    return kept
