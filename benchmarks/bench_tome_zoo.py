@@ -1,8 +1,9 @@
 """Token merging (ToMe, no retraining) on the zoo's video and segmentation models: metric vs MACs and speed.
 
 motion-vivit (8 blocks, 196 space-time tubelet tokens + class token, top-1 on 8-frame clips) and
-mosaic-segvit (8 blocks, 196 patch tokens, no class token, per-pixel mIoU: the merged tokens are
-un-merged to one per patch before the decoder). This is plain ToMe, the baseline that video-specific
+mosaic-segvit (8 blocks, 196 patch tokens + class token, per-pixel mIoU: the merged tokens are
+un-merged to one per patch before the decoder; its pixel-refinement head works at full resolution and
+is not reduced by merging). This is plain ToMe, the baseline that video-specific
 and dense-prediction-specific merging must beat. Metric on the first ``--limit`` eval samples; MACs per
 sample from torch.utils.flop_counter; latency of one batch of ``--batch`` eval samples on 1 thread,
 each configuration timed in alternating rounds with the dense model (``bench_tome_timing``).
