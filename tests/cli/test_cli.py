@@ -89,3 +89,6 @@ def test_zoo_train_records_the_segmentation_continuation_flags(tmp_path, capsys)
     assert main(["zoo", "train", "mosaic-segvit", "--decoder-only"]) == 2
     assert main(["zoo", "train", "mosaic-segvit", "--more-epochs", "1", "--sample-offset", "0"]) == 2
     assert "--sample-offset must be positive" in capsys.readouterr().err
+    assert main(["zoo", "train", "mosaic-segvit", "--stream"]) == 2
+    assert main(["zoo", "train", "mosaic-segvit", "--more-epochs", "1", "--stream", "--sample-offset", "5"]) == 2
+    assert "give one of them" in capsys.readouterr().err

@@ -213,3 +213,16 @@ def test_a_decoder_only_continuation_on_fresh_mosaics_trains_the_heads_and_leave
     assert all(p.requires_grad for p in model.parameters())  # the freeze was undone afterwards
     assert ("0.2 more epochs on 512 whole training mosaics numbered 96000-96511 at 196 tokens, decoder and "
             "pixel-refinement head only (encoder frozen)") in route
+
+
+def test_a_streamed_segvit_continuation_trains_on_new_mosaics_and_refuses_an_offset():
+    from prunekit.zoo.store import load_state
+    from prunekit.zoo.train import More, _continue
+    model, route, _ = _continue("mosaic-segvit", 0, True, More(0.25, stream=True, batch=32))
+    assert route.endswith("0.25 more epochs on mosaics drawn new for every batch from the 60000 training items "
+                          "(512 to an epoch, rendered on the training device) at 196 tokens (batch 32, lr 0.0002, "
+                          "flip, no label smoothing)")
+    assert not torch.equal(model.encoder.blocks[0].attn.qkv.weight,
+                           load_state("mosaic-segvit")["encoder.blocks.0.attn.qkv.weight"])
+    with pytest.raises(ValueError, match="give one of them"):
+        More(1, stream=True, offset=100)

@@ -30,6 +30,9 @@ def register(sub) -> None:
                         "(past earlier stages' sets, so all are new to the model)")
     t.add_argument("--decoder-only", action="store_const", const=True, default=None,
                    help="with --more-epochs, mosaic-segvit: train the decoder and refinement head, encoder frozen")
+    t.add_argument("--stream", action="store_const", const=True, default=None,
+                   help="with --more-epochs, mosaic-segvit: new mosaics for every batch, rendered on the training "
+                        "device (--samples: the epoch length)")
     t.add_argument("--budget-minutes", type=float, default=None,
                    help="with --more-epochs: time the first steps, then cut the epochs to fit this many minutes")
     t.add_argument("--out-dir", default=None, help="write here instead of the shipped checkpoints")
@@ -59,10 +62,10 @@ def run_train(args) -> int:
         from prunekit.zoo import read_manifest
         cmd = f"{read_manifest()[args.name]['command']}; {cmd} --more-epochs {args.more_epochs:g}"
     options = {k: getattr(args, k) for k in ("device", "batch", "lr", "samples", "budget_minutes", "shift",
-                                             "offset", "decoder_only")}
+                                             "offset", "decoder_only", "stream")}
     if any(v is not None for v in options.values()) and not args.more_epochs:
-        print("error: --device, --batch, --lr, --samples, --budget-minutes, --shift, --sample-offset and "
-              "--decoder-only set up a continuation; add --more-epochs E", file=sys.stderr)
+        print("error: --device, --batch, --lr, --samples, --budget-minutes, --shift, --sample-offset, "
+              "--decoder-only and --stream set up a continuation; add --more-epochs E", file=sys.stderr)
         return 2
     if args.more_epochs:
         cmd += "".join(_flag(k, v) for k, v in options.items() if v is not None)

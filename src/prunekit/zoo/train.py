@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, motion_items, normalize
 from prunekit.data.mosaic import on_texture
+from prunekit.data.mosaic_stream import draw_params, render
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, load_adding_heads, transfer_vit
@@ -100,6 +101,28 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bo
                 xb[flip], yb = xb[flip].flip(-1), yb.clone()
                 yb[flip] = yb[flip].flip(-1)
             yield (xb, yb) if soft is None else (xb, yb, soft[idx])
+    return batches
+
+
+def _stream(items: torch.Tensor, labels: torch.Tensor, batch: int, steps: int, shift: int = 0,
+            device: str | torch.device | None = None) -> Batches:
+    """``steps`` batches of new mosaics per pass, rendered on ``device`` (:mod:`prunekit.data.mosaic_stream`).
+
+    Each pass draws from the generator it is given, so no mosaic comes twice (no fixed set to memorise);
+    images and label maps get the same flip (and, with ``shift``, the same shift) as :func:`_loader`'s.
+    """
+    dev = torch.device(device) if device is not None else items.device
+    items, labels = items.to(dev), labels.to(dev)
+
+    def batches(g: torch.Generator):
+        for _ in range(steps):
+            xb, yb = render(draw_params(batch, g, items.shape[0]), items, labels)
+            if shift:
+                xb, yb = _shift_pair(xb, yb, shift, g)
+            xb = normalize(xb)
+            flip = (torch.rand(batch, generator=g) < 0.5).to(dev)
+            xb[flip], yb[flip] = xb[flip].flip(-1), yb[flip].flip(-1)
+            yield xb, yb
     return batches
 
 
@@ -384,7 +407,8 @@ class More:
     stages already shift by 2); ``offset``: mosaic-segvit only, take the training mosaics from this
     index on (past the sets earlier stages trained on, so every mosaic is new to the model);
     ``decoder_only``: mosaic-segvit only, train the decoder and its pixel-refinement head with the
-    encoder frozen.
+    encoder frozen; ``stream``: mosaic-segvit only, draw new mosaics for every batch instead of a fixed
+    set (``samples`` is then the epoch length; rendered on ``device``).
     """
 
     epochs: float
@@ -396,6 +420,7 @@ class More:
     shift: int | None = None
     offset: int | None = None
     decoder_only: bool | None = None
+    stream: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch", "lr", "samples", "budget_minutes", "shift", "offset"):
@@ -411,6 +436,9 @@ class More:
             if kind == "cuda" and not torch.cuda.is_available():
                 raise ValueError(f"continuation: --device {self.device} but no CUDA device is visible; "
                                  "drop --device to train on the CPU")
+        if self.stream and self.offset:
+            raise ValueError("continuation: --stream draws new mosaics for every batch; --sample-offset numbers a "
+                             "fixed set, so give one of them")
 
     def run(self, model: nn.Module, batches: Batches, batch: int, default_lr: float, n: int,
             seed: int, desc: str, **fit_kw) -> tuple[str, float]:
@@ -471,15 +499,21 @@ def _frozen(module: nn.Module):
 
 def more_segvit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
     """More epochs of :func:`recipe_segvit`'s last stage (whole mosaics at 196 tokens)."""
-    start = more.offset or 0
-    x, y = load_mosaic("train", n=512 if quick else more.samples or _SEG_SAMPLES, seed=seed, start=start)
-    batch = more.batch or 64
+    batch, n = more.batch or 64, 512 if quick else more.samples or _SEG_SAMPLES
+    if more.stream:
+        items, labels = load_fashion_mnist("train")
+        batches = _stream(items, labels, batch, n // batch, more.shift or 0, more.device)
+        which = (f"mosaics drawn new for every batch from the {items.shape[0]} training items ({n} to an epoch, "
+                 "rendered on the training device)")
+    else:
+        start = more.offset or 0
+        x, y = load_mosaic("train", n=n, seed=seed, start=start)
+        batches = _loader(x, y, batch, True, seg=True, seg_shift=more.shift or 0)
+        which = (f"{n} whole training mosaics numbered {start}-{start + n - 1}" if start
+                 else f"the {n} whole mosaics")
     with _frozen(model.encoder) if more.decoder_only else contextlib.nullcontext():
-        done, lr = more.run(model, _loader(x, y, batch, True, seg=True, seg_shift=more.shift or 0), batch, 2e-4,
-                            x.shape[0], seed + 7, "mosaic-segvit more", label_smoothing=0.0)
+        done, lr = more.run(model, batches, batch, 2e-4, n, seed + 7, "mosaic-segvit more", label_smoothing=0.0)
     shift = f"shift up to {more.shift} px + " if more.shift else ""
-    which = f"the {x.shape[0]} whole mosaics" if not start else \
-        f"{x.shape[0]} whole training mosaics numbered {start}-{start + x.shape[0] - 1}"
     part = ", decoder and pixel-refinement head only (encoder frozen)" if more.decoder_only else ""
     return (f"{done} on {which} at 196 tokens{part} (batch {batch}, lr {lr:g}, {shift}flip, "
             "no label smoothing)")
@@ -503,7 +537,8 @@ def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module,
         raise KeyError(f"{name!r} has no continuation stage; choose one of {sorted(MORE)}")
     if more.shift and name != "mosaic-segvit":
         raise ValueError(f"--shift applies to mosaic-segvit only; {name}'s stage already shifts its inputs by 2 px")
-    for flag, value in (("--sample-offset", more.offset), ("--decoder-only", more.decoder_only)):
+    for flag, value in (("--sample-offset", more.offset), ("--decoder-only", more.decoder_only),
+                        ("--stream", more.stream)):
         if value and name != "mosaic-segvit":
             raise ValueError(f"{flag} applies to mosaic-segvit only")
     old = read_manifest()[name]
