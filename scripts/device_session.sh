@@ -15,7 +15,7 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD/src PRUNEKIT_DATA=$PWD/.gpu/fmnist PRUNEKIT_CACHE=/tmp/pkc PYTHONUNBUFFERED=1
 nvidia-smi -L
-python3 -m pytest -q -p no:cacheprovider -rs tests/sparse/test_kernels.py -k cuda > "$OUT/cuda_tests.log" 2>&1
+python3 -m pytest -q -p no:cacheprovider -rs tests/sparse/test_kernels.py tests/data/test_mosaic_stream.py tests/zoo/test_train.py -k cuda > "$OUT/cuda_tests.log" 2>&1
 tail -1 "$OUT/cuda_tests.log"
 (cd benchmarks && python3 bench_sparsity_semi_cuda.py > "$OUT/semi.log" 2>&1; cp results/sparsity_semi_cuda.json "$OUT/")
 tail -12 "$OUT/semi.log"

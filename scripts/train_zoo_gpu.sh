@@ -17,6 +17,14 @@ DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-5} OUT=${OUT:-/tmp/zoo-gpu}
 export PRUNEKIT_WORKERS=${WORKERS:-14} PYTHONUNBUFFERED=1
 [ $# -eq 0 ] && set -- mosaic-segvit:256:5e-4:96000 mosaic-segvit:256:1e-3:96000 \
                        motion-vivit:256:4e-4:120000 motion-vivit:128:2e-4:120000
+for run in "$@"; do  # refuse a malformed RUN before any device minute goes into building data
+  IFS=: read -r name batch lr n shift mode <<< "$run"
+  case $name in mosaic-segvit|motion-vivit|fmnist-vit) ;; *) echo "RUN $run: unknown model $name" >&2; exit 2 ;; esac
+  [[ $batch =~ ^[0-9]+$ && $n =~ ^[0-9]+$ ]] || { echo "RUN $run: BATCH and SAMPLES must be whole numbers" >&2; exit 2; }
+  [[ -z $shift || $shift =~ ^[0-9]+$ ]] || { echo "RUN $run: SHIFT (field 5) must be a whole number or empty" >&2; exit 2; }
+  case $mode in "") ;; stream) [ "$name" = mosaic-segvit ] || { echo "RUN $run: stream is for mosaic-segvit" >&2; exit 2; } ;;
+    *) echo "RUN $run: field 6 must be empty or 'stream'" >&2; exit 2 ;; esac
+done
 quick=""; [ "${QUICK:-0}" = 1 ] && quick="--quick"
 runs=/tmp/zoo-gpu-runs; rm -rf "$runs"; mkdir -p "$runs" "$OUT"
 t0=$(date +%s)

@@ -86,9 +86,10 @@ def test_zoo_train_records_the_segmentation_continuation_flags(tmp_path, capsys)
     assert entry["command"].endswith("prunekit zoo train mosaic-segvit --more-epochs 0.05 --sample-offset 96000 "
                                      "--decoder-only")
     assert "numbered 96000-96511" in entry["route"] and "(encoder frozen)" in entry["route"]
-    assert main(["zoo", "train", "mosaic-segvit", "--decoder-only"]) == 2
-    assert main(["zoo", "train", "mosaic-segvit", "--more-epochs", "1", "--sample-offset", "0"]) == 2
-    assert "--sample-offset must be positive" in capsys.readouterr().err
-    assert main(["zoo", "train", "mosaic-segvit", "--stream"]) == 2
-    assert main(["zoo", "train", "mosaic-segvit", "--more-epochs", "1", "--stream", "--sample-offset", "5"]) == 2
-    assert "give one of them" in capsys.readouterr().err
+    refused = [(["--decoder-only"], "add --more-epochs"), (["--stream"], "add --more-epochs"),
+               (["--more-epochs", "1", "--sample-offset", "0"], "--sample-offset must be positive"),
+               (["--more-epochs", "1", "--stream", "--sample-offset", "5"], "give one of them")]
+    for flags, message in refused:
+        out = tmp_path / "refused"
+        assert main(["zoo", "train", "mosaic-segvit", "--quick", "--out-dir", str(out), *flags]) == 2
+        assert message in capsys.readouterr().err and not out.exists()

@@ -194,7 +194,7 @@ def test_segmentation_shift_moves_mosaic_and_label_map_together():
     assert shifted[1].shape == plain[1].shape and not torch.equal(shifted[1], plain[1])
 
 
-@pytest.mark.parametrize("option", [{"shift": 2}, {"offset": 100}, {"decoder_only": True}])
+@pytest.mark.parametrize("option", [{"shift": 2}, {"offset": 100}, {"decoder_only": True}, {"stream": True}])
 def test_segmentation_options_are_for_mosaic_segvit_only(option):
     from prunekit.zoo.train import More, _continue
     with pytest.raises(ValueError, match="mosaic-segvit only"):
@@ -226,3 +226,26 @@ def test_a_streamed_segvit_continuation_trains_on_new_mosaics_and_refuses_an_off
                            load_state("mosaic-segvit")["encoder.blocks.0.attn.qkv.weight"])
     with pytest.raises(ValueError, match="give one of them"):
         More(1, stream=True, offset=100)
+
+
+def test_a_segvit_checkpoint_from_before_the_refine_head_gets_it_and_the_route_says_so(monkeypatch):
+    import prunekit.zoo.store as store
+    from prunekit.zoo.train import More, _continue
+    shipped = store.load_state("mosaic-segvit")
+    old = {k: v for k, v in shipped.items() if not k.startswith("refine.")}
+    monkeypatch.setattr(store, "load_state", lambda name: old)
+    model, route, _ = _continue("mosaic-segvit", 0, True, More(0.1, decoder_only=True))
+    assert "added the pixel-refinement head (zero-initialised output conv, so it started with the checkpoint's " \
+           "outputs), then 0.1 more epochs" in route
+    assert torch.equal(model.encoder.pos_embed, old["encoder.pos_embed"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stream_batches_are_rendered_on_cuda_with_aligned_labels():
+    from prunekit.data.mosaic import SILHOUETTE_LEVEL
+    from prunekit.zoo.train import _stream
+    items, labels = load_fashion_mnist("train")
+    xb, yb = next(_stream(items, labels, 64, 1, shift=3, device="cuda")(torch.Generator().manual_seed(0)))
+    assert xb.is_cuda and yb.is_cuda and xb.shape == (64, 1, 56, 56) and yb.dtype == torch.int64
+    level = normalize(torch.tensor(SILHOUETTE_LEVEL, dtype=torch.uint8)).item()
+    assert bool((xb[:, 0][yb > 0] > level).all())

@@ -98,4 +98,18 @@ def test_adding_heads_refuses_a_state_missing_other_keys_and_leaves_the_model_as
              if k != "decoder.bias"}
     with pytest.raises(ValueError, match=r"missing \['decoder.bias'\]"):
         load_adding_heads(model, state, ("refine.",))
+    state["decoder.bias"] = torch.zeros(11)
+    state["decoder.weight"] = torch.zeros(11, 64)  # the wrong width: refused before anything is copied
+    with pytest.raises(ValueError, match=r"decoder.weight \(11, 64\) vs \(11, 96\)"):
+        load_adding_heads(model, state, ("refine.",))
+    state["decoder.weight"] = torch.zeros(11, 96)
+    state["refine.proj.bias"] = torch.zeros(8)  # a head only in part
+    with pytest.raises(ValueError, match=r"heads only in part \['refine.'\]"):
+        load_adding_heads(model, state, ("refine.",))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_segmenter_pickled_before_the_refine_head_existed_still_runs():
+    model = models.build_segvit(refine=False).eval()
+    del model.refine  # what unpickling a SegViT saved by the code before the head gives
+    assert model(torch.randn(1, 1, 56, 56)).shape == (1, 11, 56, 56)

@@ -1,13 +1,14 @@
-"""Mosaics rendered a batch at a time, on any device: a stream of training mosaics that never repeats.
+"""Mosaics rendered a batch at a time, on the CPU or the GPU: a stream of training mosaics that never repeats.
 
 A fixed training set is memorised: mosaic-segvit scored mIoU 0.689 on the 96,000 mosaics it had
 trained on for 17 epochs, 0.610 on fresh mosaics of the same training items. Drawing new mosaics for
 every batch removes that, and rendering them as tensor operations (on the GPU when training there)
 costs little beside a training step; nothing is built or cached beforehand.
 
-:func:`render` composes exactly what :func:`prunekit.data.mosaic.make_mosaic` composes from the same
-random draws (:func:`sample_params` makes those draws for a sample index); :func:`draw_params` draws a
-whole batch at once from one generator, with the same distributions.
+On the CPU, :func:`render` composes exactly what :func:`prunekit.data.mosaic.make_mosaic` composes from
+the same random draws (:func:`sample_params` makes those draws for sample indices); on a GPU, ``sin``
+may differ in the last bit, so a pixel may land one grey level off. :func:`draw_params` draws a whole
+batch at once from one generator, with the same distributions.
 
 >>> items, labels = torch.full((5, 1, 28, 28), 200, dtype=torch.uint8), torch.arange(5)
 >>> x, y = render(draw_params(4, torch.Generator().manual_seed(0), len(items)), items, labels)
@@ -60,6 +61,8 @@ def draw_params(n: int, g: torch.Generator, pool: int, n_items: int = 3) -> Mosa
 def sample_params(seed: int, split: str, indices: range | list[int], pool: int, n_items: int = 3) -> MosaicParams:
     """The draws of :func:`~prunekit.data.mosaic.make_mosaic` for mosaics ``indices`` of ``(seed, split)``:
     :func:`render` of these gives exactly the mosaics :func:`~prunekit.data.mosaic.load_mosaic` gives."""
+    if len(indices) == 0:
+        raise ValueError("sample_params: no sample indices given")
     cols = []
     for i in indices:
         g = sample_generator(seed, split, i)
@@ -74,10 +77,10 @@ def _textures(p: MosaicParams, device: torch.device) -> torch.Tensor:
     """``(B, H, W)`` float textures, computed as :func:`~prunekit.data.texture.texture` computes one."""
     ar = torch.arange(CANVAS, dtype=torch.float32, device=device)
     ys, xs = torch.meshgrid(ar, ar, indexing="ij")
-    gr = p.gratings.double()  # texture() scales its draws in Python floats (double), then works in float32
-    theta, freq, phase = gr[..., 0] * math.pi, 0.15 + 0.6 * gr[..., 1], gr[..., 2] * 2 * math.pi
-    cos, sin = (v.float().to(device)[..., None, None] for v in (torch.cos(theta), torch.sin(theta)))
-    freq, phase = (v.float().to(device)[..., None, None] for v in (freq, phase))
+    # texture() scales its draws as Python floats (math.cos / math.sin in double), then works in float32
+    scaled = [[(math.cos(t * math.pi), math.sin(t * math.pi), 0.15 + 0.6 * f, ph * 2 * math.pi)
+               for t, f, ph in sample] for sample in p.gratings.tolist()]
+    cos, sin, freq, phase = torch.tensor(scaled, dtype=torch.float32).to(device)[..., None, None].unbind(2)
     waves = torch.sin(freq * (xs * cos + ys * sin) + phase)  # (B, 2, H, W)
     out = waves[:, 0] + waves[:, 1]
     noise = nn.functional.interpolate(p.noise.to(device)[:, None], size=(CANVAS, CANVAS), mode="bilinear",

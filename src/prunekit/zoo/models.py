@@ -139,7 +139,8 @@ class SegViT(nn.Module):
         grid = self.encoder.patch_embed.grid_size
         logits = self.decoder(tokens).transpose(1, 2).reshape(x.shape[0], -1, *grid)
         logits = nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        return logits if self.refine is None else logits + self.refine(tokens, grid, logits, x)
+        refine = getattr(self, "refine", None)  # SegViTs pickled before the head existed have no attribute
+        return logits if refine is None else logits + refine(tokens, grid, logits, x)
 
 
 def vit(img_size: int, patch: int, width: int, depth: int, heads: int, classes: int, **kw) -> VisionTransformer:

@@ -148,10 +148,10 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
     recipe for data-starved ViTs). Batches of three carry the teacher's logits precomputed
     (:func:`teacher_logits`), which distils at no teacher cost per step.
 
-    ``device``: train there (batches are built on the CPU and moved; an explicit CUDA device runs
-    under bf16 autocast); the model stays there afterwards. ``budget_s``: time steps 10-60, then
-    shorten the run (the warm-up and cosine schedule with it) so that it fits the budget; the
-    returned ``steps`` say how many ran.
+    ``device``: train there (batches are moved there unless built there, as :func:`_stream`'s are; an
+    explicit CUDA device runs under bf16 autocast); the model stays there afterwards. ``budget_s``:
+    time steps 10-60, then shorten the run (the warm-up and cosine schedule with it) so that it fits
+    the budget; the returned ``steps`` say how many ran.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -352,11 +352,12 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
                  f"{n_seg} mosaics at 49 tokens (batch 64, lr 5e-4, flip); pos embed resampled to 14x14 (mIoU "
                  f"{crop_miou:.4f} on the first {n_m} test mosaics right after); ")
     else:
-        model.load_state_dict(start_from)
+        load_adding_heads(model, start_from, ("refine.",))
         first = "resumed from the transferred 196-token state; "
     _segment(model, x, y, e_seg, seg_lr, seed + 2, "mosaic-segvit")
     return model, (first + f"then {e_seg} epochs on the {n_seg} whole mosaics at 196 tokens (batch 64, AdamW "
-                   f"lr {seg_lr:g}, flip, no label smoothing)")
+                   f"lr {seg_lr:g}, flip, no label smoothing); the pixel-refinement head trained in every "
+                   "segmentation stage")
 
 
 def _motion_train(n: int, seed: int, device: str | torch.device | None = None

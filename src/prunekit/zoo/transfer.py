@@ -103,11 +103,12 @@ def decoder_from_head(cls_state: dict[str, torch.Tensor], decoder: nn.Linear) ->
 
 
 def load_adding_heads(model: nn.Module, state: dict[str, torch.Tensor], heads: tuple[str, ...]) -> list[str]:
-    """Load ``state`` into ``model``, keeping ``model``'s own initialisation of parameters under ``heads``
-    (key prefixes) that ``state`` lacks: a head added to the architecture after the checkpoint was made.
+    """Load ``state`` into ``model``, keeping ``model``'s own initialisation of the ``heads`` (key prefixes)
+    that ``state`` lacks entirely: heads added to the architecture after the checkpoint was made.
 
-    Returns the keys so kept (empty when ``state`` has them all). Any other missing or unexpected key
-    fails as a strict load does, and leaves ``model`` unchanged.
+    Returns the keys so kept (empty when ``state`` has every head). A head ``state`` holds only in part,
+    any other missing or unexpected key, or a shape that does not fit fails with ``ValueError`` before
+    anything is loaded, so ``model`` stays as it was.
 
     >>> from prunekit.zoo.models import build_segvit
     >>> old = build_segvit(refine=False).state_dict()
@@ -115,11 +116,15 @@ def load_adding_heads(model: nn.Module, state: dict[str, torch.Tensor], heads: t
     True
     """
     own = model.state_dict()
-    kept = [k for k in own if k not in state and k.startswith(heads)]
-    missing = [k for k in own if k not in state and not k.startswith(heads)]
+    absent = [k for k in own if k not in state]
+    kept = [k for k in absent if k.startswith(heads)]
+    partial = [h for h in heads if any(k.startswith(h) for k in kept) and any(k.startswith(h) for k in state)]
+    missing = [k for k in absent if not k.startswith(heads)]
     unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ValueError(f"load_adding_heads: the state does not fit {type(model).__name__} beyond the new heads "
-                         f"{list(heads)}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    if partial or missing or unexpected or shapes:
+        raise ValueError(f"load_adding_heads: the state does not fit {type(model).__name__}: heads only in part "
+                         f"{partial}, missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {shapes[:5]}")
     model.load_state_dict({**{k: own[k] for k in kept}, **state})
     return kept
