@@ -98,6 +98,7 @@ STEPS: tuple[Step, ...] = (
     Step("fmnist-vit", "sparsity 50% magnitude", _sparsify(0.5)),
     Step("fmnist-vit", "drop 2 of 12 blocks", _drop(2)),
     Step("fmnist-vit", "ToMe r=8", _merge(8)),
+    Step("mosaic-segvit", "ToMe r=12", _merge(12)),
     Step("motion-vivit", "ToMe r=12", _merge(12)),
     Step("minilm", "structured: 25% heads", _prune(ratio=0.25, units=("heads",))),
     Step("minilm", "sparsity 50% wanda", _sparsify(0.5, "wanda")),
