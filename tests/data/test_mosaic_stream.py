@@ -3,7 +3,7 @@ import torch
 
 from prunekit.data import load_fashion_mnist, load_mosaic, normalize
 from prunekit.data.mosaic import SILHOUETTE_LEVEL
-from prunekit.data.mosaic_stream import draw_params, render, sample_params
+from prunekit.data.mosaic_stream import draw_params, instance_map, render, sample_params
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -54,3 +54,15 @@ def test_rendering_on_cuda_matches_the_cpu():
     xc, yc = render(p, items.cuda(), labels.cuda())
     assert xc.is_cuda and torch.equal(yc.cpu(), y)
     assert (xc.cpu().int() - x.int()).abs().max() <= 1  # sin may differ by an ulp, rounding by one level
+
+
+def test_instance_map_marks_the_visible_pixels_of_each_item_with_its_slot():
+    items, labels = load_fashion_mnist("train")
+    p = sample_params(0, "train", range(16), items.shape[0])
+    _, y = render(p, items, labels)
+    ids = instance_map(p, items)
+    assert torch.equal(ids >= 0, y > 0)  # an item pixel is exactly a labelled pixel
+    for k in range(3):  # each slot's pixels carry its item's label
+        cls = 1 + labels[p.picks[:, k]]
+        assert bool((y[ids == k] == cls[:, None, None].expand_as(y)[ids == k]).all())
+    assert bool((ids == 2).any()) and bool((ids == 0).any())  # top items visible; bottom ones partly

@@ -26,7 +26,7 @@ from torch import nn
 from prunekit.data.mosaic import CANVAS, SILHOUETTE_LEVEL
 from prunekit.data.texture import sample_generator
 
-__all__ = ["MosaicParams", "draw_params", "sample_params", "render"]
+__all__ = ["MosaicParams", "draw_params", "sample_params", "render", "instance_map"]
 
 ITEM = 28  # Fashion-MNIST item side
 NOISE = CANVAS // 4  # side of the texture's noise grid
@@ -89,6 +89,19 @@ def _textures(p: MosaicParams, device: torch.device) -> torch.Tensor:
     return out.clamp(0, 1) * MAX_LEVEL
 
 
+def _layers(p: MosaicParams, items: torch.Tensor, device: torch.device):
+    """Per item slot ``k`` (bottom to top): its pixels on the canvas ``(B, H, W)`` float and its silhouette mask."""
+    ar = torch.arange(CANVAS, device=device)
+    items = items.to(device)
+    for k in range(p.picks.shape[1]):
+        pick, (y0, x0) = p.picks[:, k].to(device), p.offsets[:, k].to(device).unbind(-1)
+        iy, ix = ar - y0[:, None], ar - x0[:, None]  # (B, H), (B, W): item row / column under each pixel
+        inside = ((iy >= 0) & (iy < ITEM))[:, :, None] & ((ix >= 0) & (ix < ITEM))[:, None, :]
+        img = items[pick[:, None, None], 0, iy.clamp(0, ITEM - 1)[:, :, None], ix.clamp(0, ITEM - 1)[:, None, :]]
+        img = img.float()
+        yield k, pick, img, inside & (img > SILHOUETTE_LEVEL)
+
+
 def render(p: MosaicParams, items: torch.Tensor, labels: torch.Tensor, device: str | torch.device | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mosaics of draws ``p`` from ``items`` ``(N, 1, 28, 28)`` uint8 and their ``labels`` ``(N,)``.
@@ -100,15 +113,25 @@ def render(p: MosaicParams, items: torch.Tensor, labels: torch.Tensor, device: s
     device = torch.device(device) if device is not None else items.device
     canvas = _textures(p, device)
     target = torch.zeros(canvas.shape, dtype=torch.int64, device=device)
-    ar = torch.arange(CANVAS, device=device)
-    items, labels = items.to(device), labels.to(device)
-    for k in range(p.picks.shape[1]):
-        pick, (y0, x0) = p.picks[:, k].to(device), p.offsets[:, k].to(device).unbind(-1)
-        iy, ix = ar - y0[:, None], ar - x0[:, None]  # (B, H), (B, W): item row / column under each pixel
-        inside = ((iy >= 0) & (iy < ITEM))[:, :, None] & ((ix >= 0) & (ix < ITEM))[:, None, :]
-        img = items[pick[:, None, None], 0, iy.clamp(0, ITEM - 1)[:, :, None], ix.clamp(0, ITEM - 1)[:, None, :]]
-        img = img.float()
-        mask = inside & (img > SILHOUETTE_LEVEL)
+    labels = labels.to(device)
+    for _, pick, img, mask in _layers(p, items, device):
         canvas = torch.where(mask, img, canvas)
         target = torch.where(mask, 1 + labels[pick].long()[:, None, None], target)
     return canvas.round().clamp(0, 255).to(torch.uint8)[:, None], target
+
+
+def instance_map(p: MosaicParams, items: torch.Tensor) -> torch.Tensor:
+    """Which item slot each pixel of the mosaics of ``p`` shows: ``(B, 56, 56)`` int64, -1 on background.
+
+    Slot ``k`` is item ``p.picks[:, k]``; with :func:`render`'s label map this gives per-item scores
+    (is a garment classified as one, whatever its pixels?).
+
+    >>> items = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
+    >>> ids = instance_map(draw_params(3, torch.Generator().manual_seed(0), 2), items)
+    >>> ids.shape, int(ids.min()) >= -1, int(ids.max()) <= 2
+    (torch.Size([3, 56, 56]), True, True)
+    """
+    ids = torch.full((len(p), CANVAS, CANVAS), -1, dtype=torch.int64, device=items.device)
+    for k, _, _, mask in _layers(p, items, items.device):
+        ids = torch.where(mask, k, ids)
+    return ids
