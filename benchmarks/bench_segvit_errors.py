@@ -20,15 +20,7 @@ from common import write_result
 from prunekit.data import load_fashion_mnist, normalize
 from prunekit.data.mosaic_stream import instance_map, render, sample_params
 from prunekit.zoo import load
-
-NUM_CLASSES = 11
-
-
-def miou(pred: torch.Tensor, true: torch.Tensor, c: int = NUM_CLASSES) -> float:
-    """Mean IoU over classes present in ``true`` or ``pred`` (as the zoo's metric)."""
-    conf = torch.bincount(true.flatten() * c + pred.flatten(), minlength=c * c).view(c, c).double()
-    inter, union = conf.diag(), conf.sum(0) + conf.sum(1) - conf.diag()
-    return float((inter[union > 0] / union[union > 0]).mean())
+from prunekit.zoo.registry import miou_of as miou
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """``prunekit.zoo.load(name)``: a reference model, example inputs and its task metric, ready to use.
 
 >>> wl = load("fmnist-resnet")          # doctest: +SKIP
->>> wl.model(*wl.example_inputs).shape
+>>> wl.model(*wl.example_inputs).shape   # doctest: +SKIP
 torch.Size([8, 10])
 >>> wl.evaluate(wl.model, limit=500)   # doctest: +SKIP
 {'top1': 0.93}
@@ -19,7 +19,7 @@ from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normaliz
 from prunekit.zoo import models
 from prunekit.zoo.store import load_state, read_manifest
 
-__all__ = ["Workload", "load", "evaluate_model", "NAMES", "TASKS"]
+__all__ = ["Workload", "load", "evaluate_model", "miou_of", "NAMES", "TASKS"]
 
 TASKS = {"fmnist-resnet": "classification", "fmnist-vit": "classification",
          "mosaic-segvit": "segmentation", "motion-vivit": "video", "minilm": "sentence-embedding"}
@@ -57,16 +57,34 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / x.shape[0]
 
 
-def miou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 11) -> float:
-    """Mean intersection-over-union over the classes present in the labels or predictions."""
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for i, out in _logits(model, x, 100):
-        pred, true = out.argmax(1).flatten(), y[i:i + out.shape[0]].flatten()
-        conf += torch.bincount(true * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+def _confusion(pred: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(true.flatten() * num_classes + pred.flatten(),
+                          minlength=num_classes ** 2).view(num_classes, -1)
+
+
+def _mean_iou(conf: torch.Tensor) -> float:
     inter = conf.diag().double()
     union = conf.sum(0).double() + conf.sum(1).double() - inter
     valid = union > 0
     return float((inter[valid] / union[valid]).mean())
+
+
+def miou_of(pred: torch.Tensor, true: torch.Tensor, num_classes: int = 11) -> float:
+    """Mean IoU of label maps ``pred`` against ``true`` over the classes present in either.
+
+    >>> miou_of(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 1]]), 2)
+    0.5833333333333333
+    """
+    return _mean_iou(_confusion(pred, true, num_classes))
+
+
+def miou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 11) -> float:
+    """Mean intersection-over-union of ``model`` on images ``x``, over the classes present in the labels or
+    predictions (:func:`miou_of`, accumulated over batches)."""
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for i, out in _logits(model, x, 100):
+        conf += _confusion(out.argmax(1), y[i:i + out.shape[0]], num_classes)
+    return _mean_iou(conf)
 
 
 def _eval_data(name: str, limit: int | None):
