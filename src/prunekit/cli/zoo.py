@@ -41,7 +41,8 @@ def register(sub) -> None:
 
 def _flag(key: str, value) -> str:
     """A continuation option as the command line gave it (recorded in the manifest's command)."""
-    flag = " --" + {"offset": "sample-offset"}.get(key, key.replace("_", "-"))
+    from prunekit.zoo.train import option_flag
+    flag = " " + option_flag(key)
     if value is True:
         return flag
     return f"{flag} {f'{value:g}' if isinstance(value, float) else value}"

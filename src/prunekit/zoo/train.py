@@ -26,7 +26,7 @@ from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, load_adding_heads, transfer_vit
 
-__all__ = ["train_model", "fit", "More", "RECIPES", "MORE", "SUBSET"]
+__all__ = ["train_model", "fit", "More", "option_flag", "RECIPES", "MORE", "SUBSET"]
 
 SUBSET = 500  # the fixed eval subset whose metric the tests check
 
@@ -72,6 +72,18 @@ def _shift_pair(x: torch.Tensor, y: torch.Tensor, pad: int, g: torch.Generator
     return x[..., dy:dy + h, dx:dx + w], y[..., dy:dy + h, dx:dx + w]
 
 
+def _seg_augment(x: torch.Tensor, y: torch.Tensor, shift: int, g: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw images ``(B, C, H, W)`` and label maps ``(B, H, W)``: shifted together by up to ``shift`` px
+    (none at 0), images normalised, then the same random horizontal flip for each pair."""
+    if shift:
+        x, y = _shift_pair(x, y, shift, g)
+    x, y = normalize(x), y.clone()
+    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
+    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+    return x, y
+
+
 def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bool = False,
             textured: bool = False, soft: torch.Tensor | None = None, frames: bool = False,
             crop: int | None = None, seg_shift: int = 0) -> Batches:
@@ -91,15 +103,12 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool, seg: bo
             yb = y[idx]
             if crop:
                 xb, yb = _random_crops(xb, yb, crop, g)
-            if augment and seg and seg_shift:
-                xb, yb = _shift_pair(xb, yb, seg_shift, g)
-            xb = normalize(xb)
-            if augment and not seg:
-                xb = _augment(xb, g)
-            elif augment and seg:  # flip image and mask together
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                xb[flip], yb = xb[flip].flip(-1), yb.clone()
-                yb[flip] = yb[flip].flip(-1)
+            if augment and seg:
+                xb, yb = _seg_augment(xb, yb, seg_shift, g)
+            else:
+                xb = normalize(xb)
+                if augment:
+                    xb = _augment(xb, g)
             yield (xb, yb) if soft is None else (xb, yb, soft[idx])
     return batches
 
@@ -116,13 +125,7 @@ def _stream(items: torch.Tensor, labels: torch.Tensor, batch: int, steps: int, s
 
     def batches(g: torch.Generator):
         for _ in range(steps):
-            xb, yb = render(draw_params(batch, g, items.shape[0]), items, labels)
-            if shift:
-                xb, yb = _shift_pair(xb, yb, shift, g)
-            xb = normalize(xb)
-            flip = (torch.rand(batch, generator=g) < 0.5).to(dev)
-            xb[flip], yb[flip] = xb[flip].flip(-1), yb[flip].flip(-1)
-            yield xb, yb
+            yield _seg_augment(*render(draw_params(batch, g, items.shape[0]), items, labels), shift, g)
     return batches
 
 
@@ -398,6 +401,11 @@ RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,
            "mosaic-segvit": recipe_segvit, "motion-vivit": recipe_vivit}
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of :class:`More` field ``name`` (``offset`` -> ``--sample-offset``)."""
+    return {"epochs": "--more-epochs", "offset": "--sample-offset"}.get(name, f"--{name.replace('_', '-')}")
+
+
 @dataclass
 class More:
     """How :data:`MORE` continues a shipped checkpoint; ``None`` fields keep the stage's own setting.
@@ -427,8 +435,7 @@ class More:
         for name in ("epochs", "batch", "lr", "samples", "budget_minutes", "shift", "offset"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                flag = {"epochs": "--more-epochs", "offset": "--sample-offset"}.get(name, f"--{name.replace('_', '-')}")
-                raise ValueError(f"continuation: {flag} must be positive, got {value}")
+                raise ValueError(f"continuation: {option_flag(name)} must be positive, got {value}")
         if self.device is not None:
             try:
                 kind = torch.device(self.device).type
