@@ -1,4 +1,6 @@
-"""Token reduction inside transformers: token merging (ToMe) and a top-k token-drop reference.
+"""Token reduction inside transformers: token merging (ToMe), local-then-global merging for dense
+prediction (:func:`merge_dense`), time-tube merging for video (:func:`merge_video`), and a top-k
+token-drop reference.
 
 Token merging after Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023: similar tokens are
 merged in every layer, training-free, so later layers see fewer tokens.
@@ -12,6 +14,8 @@ torch.Size([1, 1000])
 >>> _ = tokens.merge(vit, r=tokens.decreasing(4))   # or [8, 4, 2, 0], or target_macs=0.6
 >>> _ = tokens.unpatch(vit)
 """
+from prunekit.tokens.dense import merge_dense
+from prunekit.tokens.groups import LocalMerge
 from prunekit.tokens.matching import (
                                       Matching,
                                       bipartite_soft_matching,
@@ -23,8 +27,10 @@ from prunekit.tokens.matching import (
 from prunekit.tokens.merge import MergeConfig, TokenInfo, is_patched, last_info, merge, schedule_of, unpatch
 from prunekit.tokens.prune import drop
 from prunekit.tokens.schedule import Constant, Linear, PerLayer, Proportion, Schedule, decreasing, max_r, token_counts
+from prunekit.tokens.video import merge_video
 
-__all__ = ["merge", "unpatch", "unmerge", "drop", "is_patched", "last_info", "schedule_of", "MergeConfig",
+__all__ = ["merge", "merge_dense", "merge_video", "LocalMerge",
+           "unpatch", "unmerge", "drop", "is_patched", "last_info", "schedule_of", "MergeConfig",
            "TokenInfo", "Matching", "bipartite_soft_matching", "merge_wavg", "merge_positions",
            "source_matrix", "Schedule", "Constant", "Linear", "PerLayer", "Proportion", "decreasing", "max_r",
            "token_counts"]

@@ -40,9 +40,10 @@ import torch
 from torch import nn
 
 from prunekit.tokens.adapters import ADAPTERS, Adapter, Target
+from prunekit.tokens.groups import LocalMerge, group_matching, window_groups
 from prunekit.tokens.matching import attention_bias, bipartite_soft_matching, merge_positions, merge_wavg, unmerge
 from prunekit.tokens.prune import class_attention, keep_tokens, topk_keep
-from prunekit.tokens.schedule import Constant, RSpec, Schedule, as_schedule, solve_for_macs
+from prunekit.tokens.schedule import Constant, PerLayer, RSpec, Schedule, as_schedule, solve_for_macs
 
 __all__ = ["merge", "unpatch", "is_patched", "last_info", "schedule_of", "MergeConfig", "TokenInfo",
            "run_layers"]
@@ -56,6 +57,7 @@ class MergeConfig:
     prop_attn: bool = True
     trace_source: bool = False
     reducer: str = "merge"  # "merge" (ToMe) or "drop" (top-k by class attention, a reference)
+    local: LocalMerge | None = None  # a local stage (windows / tubes) before the global merging
 
 
 @dataclass
@@ -85,28 +87,42 @@ class _Patch:
 
 
 def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid: torch.Tensor | None,
-               config: MergeConfig, num_protected: int) -> tuple[torch.Tensor, TokenInfo | None]:
+               config: MergeConfig, num_protected: int, grid: tuple[int, int, int] | None = None
+               ) -> tuple[torch.Tensor, TokenInfo | None]:
     """Run ``layers`` on tokens ``x`` ``(B, N, C)``, reducing tokens between attention and MLP.
 
-    ``valid`` ``(B, N)`` marks real tokens (padding gets size 0). Returns the final tokens (restored
-    to ``N`` when merging) and, with ``config.trace_source``, a :class:`TokenInfo`.
+    ``valid`` ``(B, N)`` marks real tokens (padding gets size 0). ``grid`` ``(T, H, W)``: where the
+    unprotected tokens lie, for ``config.local``. Returns the final tokens (restored to ``N`` when
+    merging) and, with ``config.trace_source``, a :class:`TokenInfo`.
     """
     B, n0, _ = x.shape
     p = num_protected
-    rs = config.schedule.per_layer(len(layers), n0, p)
+    local, groups = config.local, None
+    if local is None:
+        rs = config.schedule.per_layer(len(layers), n0, p)
+    else:  # the schedule is laid over the layers after the local stage, once its token count is known
+        groups = _local_groups(local, grid, n0 - p, len(layers))
+        rs = [0] * len(layers)
+    done: list[int] = []
     has_pad = valid is not None
     size = valid[..., None].to(x.dtype) if has_pad else None
     merging = config.reducer == "merge"
     track = merging or config.trace_source
     positions: torch.Tensor | None = None
     n, counts = n0, []
-    for layer, r in zip(layers, rs, strict=True):
+    for i, (layer, r) in enumerate(zip(layers, rs, strict=True)):
         bias = attention_bias(size, config.prop_attn, x.dtype, has_pad)
         x, q, k = adapter.attention(layer, x, bias)
+        match = None
+        if groups is not None and i == local.layer:
+            match = group_matching(k.mean(1), groups, local.count, num_protected=p, threshold=local.threshold)
+            r = match.r
+            rs[i + 1:] = config.schedule.per_layer(len(layers) - i - 1, n - r, p)
         if r > 0:
             if merging:
-                match = bipartite_soft_matching(k.mean(1), r, num_protected=p,
-                                                valid=size[..., 0] > 0 if has_pad else None)
+                if match is None:
+                    match = bipartite_soft_matching(k.mean(1), r, num_protected=p,
+                                                    valid=size[..., 0] > 0 if has_pad else None)
                 x, size = merge_wavg(match, x, size)
                 if track:
                     positions = merge_positions(match, positions, n, B, x.device)
@@ -117,14 +133,28 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
                 if track:
                     positions = _drop_positions(keep, positions, n, B, x.device)
             n -= r
+        done.append(r)
         counts.append(n)
         x = adapter.mlp(layer, x)
     info = None
     if config.trace_source:
-        info = TokenInfo(rs, counts, size if size is not None else x.new_ones(B, n, 1), positions, p)
+        info = TokenInfo(done, counts, size if size is not None else x.new_ones(B, n, 1), positions, p)
     if merging and positions is not None:
         x = unmerge(x, positions)
     return x, info
+
+
+def _local_groups(local: LocalMerge, grid: tuple[int, int, int] | None, num_tokens: int,
+                  num_layers: int) -> torch.Tensor:
+    if grid is None:
+        raise ValueError("local merging needs the token grid, which this layer stack does not expose "
+                         "(supported: timm VisionTransformer with a fixed image size)")
+    if grid[0] * grid[1] * grid[2] != num_tokens:
+        raise ValueError(f"local merging: {num_tokens} unprotected tokens do not fill the grid {grid} "
+                         "(a different input size than the model's img_size?)")
+    if local.layer >= num_layers:
+        raise ValueError(f"LocalMerge.layer={local.layer} but the stack has {num_layers} layers")
+    return window_groups(grid, local.window)
 
 
 def _drop_positions(keep: torch.Tensor, positions: torch.Tensor | None, n: int, batch: int,
@@ -140,7 +170,7 @@ def _run_stack(container: nn.Module, *args, **kwargs):
     patch: _Patch = container.__dict__["_tome"]
     x, valid, leave = patch.adapter.enter(patch.target, *args, **kwargs)
     x, info = run_layers(patch.adapter, list(container._modules.values()), x, valid, patch.config,
-                         patch.target.num_protected)
+                         patch.target.num_protected, patch.target.grid)
     if info is not None:
         patch.root.__dict__["_tome_info"] = info
     return leave(x)
@@ -218,7 +248,7 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_source: bool = False,
           target_macs: float | None = None, example_inputs: Any = None, num_protected: int | None = None,
-          reducer: str = "merge") -> nn.Module:
+          reducer: str = "merge", local: LocalMerge | None = None) -> nn.Module:
     """Patch ``model`` in place to merge tokens in every transformer layer; returns ``model``.
 
     ``r``: tokens merged per layer — an int (constant), a list (per layer) or a schedule from
@@ -227,7 +257,11 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     :func:`prunekit.measure.count_macs` on ``example_inputs``. ``prop_attn``: proportional attention.
     ``trace_source``: keep the last forward's :class:`TokenInfo` (``last_info(model)``).
     ``num_protected``: override the number of leading tokens never merged (default: the family's
-    prefix tokens). Patching an already patched model replaces the old patch.
+    prefix tokens). ``local``: a :class:`~prunekit.tokens.groups.LocalMerge` stage merging whole windows
+    (or time tubes) of alike neighbours first; ``r`` then schedules the layers after it, as if they were
+    the whole stack (layers before it merge nothing; timm ViTs; see
+    :func:`prunekit.tokens.merge_dense`, :func:`prunekit.tokens.merge_video`). Patching an already
+    patched model replaces the old patch.
 
     Supported: timm ``VisionTransformer`` family, Hugging Face BERT-style encoders and ViT/DeiT,
     ``nn.TransformerEncoder``. Unsupported layers raise ``NotImplementedError`` before anything changes.
@@ -241,6 +275,12 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     """
     if reducer not in ("merge", "drop"):
         raise ValueError(f"reducer must be 'merge' or 'drop', got {reducer!r}")
+    if local is not None and reducer != "merge":
+        raise ValueError("a local merging stage needs reducer='merge'")
+    if local is not None and not isinstance(local, LocalMerge):
+        raise TypeError(f"local must be a prunekit.tokens.LocalMerge, got {type(local).__name__}")
+    if local is not None:
+        _check_local(model, local, as_schedule(r))  # before unpatching: a refused call keeps the old patch
     unpatch(model)
     found: list[tuple[Adapter, Target]] = []
     for adapter in ADAPTERS:
@@ -253,7 +293,15 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
             raise NotImplementedError(f"layer container {type(t.container).__name__} is not patchable")
         if num_protected is not None:
             t.num_protected = int(num_protected)
-    config = MergeConfig(as_schedule(r), prop_attn, trace_source, reducer)
+        if local is not None:
+            where = f"{type(t.owner).__name__} ({type(t.container).__name__} of {len(t.container)} layers)"
+            if t.grid is None:
+                raise ValueError(f"merge(local=...): {where} does not expose a fixed token grid; local "
+                                 "merging needs one (timm VisionTransformer with dynamic_img_size=False)")
+            if local.layer >= len(t.container):
+                raise ValueError(f"merge(local=...): LocalMerge.layer={local.layer} but {where}")
+            window_groups(t.grid, local.window)  # raises on a window that does not fit the grid
+    config = MergeConfig(as_schedule(r), prop_attn, trace_source, reducer, local)
     try:
         for adapter, t in found:
             patch = _Patch(adapter, t, config, model, type(t.container))
@@ -268,6 +316,29 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     return model
 
 
+def _check_local(model: nn.Module, local: LocalMerge, schedule: Schedule) -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    from prunekit.tokens.adapters.timm import token_grid
+    vits = [m for m in model.modules() if isinstance(m, VisionTransformer)]
+    if not vits:
+        raise ValueError(f"merge(local=...): {type(model).__name__} holds no timm VisionTransformer; local "
+                         "merging needs the token grid only timm ViTs expose here (use plain merge(r=...))")
+    for vit in vits:
+        grid = token_grid(vit)
+        if grid is None:
+            raise ValueError(f"merge(local=...): {type(vit).__name__} has no fixed token grid "
+                             "(dynamic_img_size=True?); build it with a fixed img_size")
+        if local.layer >= len(vit.blocks):
+            raise ValueError(f"merge(local=...): LocalMerge.layer={local.layer} but {type(vit).__name__} "
+                             f"has {len(vit.blocks)} blocks")
+        window_groups(grid, local.window)  # raises on a window that does not fit the grid
+        after = len(vit.blocks) - local.layer - 1
+        if isinstance(schedule, PerLayer) and len(schedule.values) > after:
+            raise ValueError(f"merge(local=...): {len(schedule.values)} per-layer r values, but only {after} "
+                             f"blocks follow the local stage in block {local.layer}; the list is for those")
+
+
 def _solve_target(model: nn.Module, config: MergeConfig, fraction: float, example_inputs: Any) -> Schedule:
     from prunekit.measure import count_macs
     if example_inputs is None:
@@ -280,7 +351,11 @@ def _solve_target(model: nn.Module, config: MergeConfig, fraction: float, exampl
         return count_macs(model, example_inputs)
 
     try:
-        dense = macs_of(Constant(0))
+        local, config.local = config.local, None  # the fraction is of the dense model's MACs
+        try:
+            dense = macs_of(Constant(0))
+        finally:
+            config.local = local
         limit = 1024  # clipping makes MACs flat past the largest useful r
         best = solve_for_macs(macs_of, dense, fraction, limit)
         floor = macs_of(Constant(limit))

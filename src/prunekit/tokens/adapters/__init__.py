@@ -22,12 +22,14 @@ __all__ = ["Target", "Adapter", "ADAPTERS", "sdpa_heads"]
 @dataclass
 class Target:
     """A patchable stack: ``container`` (an ``nn.Sequential`` / ``nn.ModuleList`` of layers) whose
-    iteration or call is redirected to the merging engine."""
+    iteration or call is redirected to the merging engine; ``grid``: where its tokens lie, for local
+    merging (``None`` where the family does not say)."""
 
     container: nn.Module
     num_protected: int
     owner: nn.Module
     saved: dict[str, Any] = field(default_factory=dict)
+    grid: tuple[int, int, int] | None = None  # (T, H, W) of the unprotected tokens, when fixed
 
 
 class Adapter(Protocol):

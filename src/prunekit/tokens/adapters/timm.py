@@ -21,7 +21,23 @@ from torch import nn
 
 from prunekit.tokens.adapters import Target, sdpa_heads
 
-__all__ = ["TimmAdapter"]
+__all__ = ["TimmAdapter", "token_grid"]
+
+
+def token_grid(vit: nn.Module) -> tuple[int, int, int] | None:
+    """``(T, H, W)`` of a timm ViT's patch tokens: ``(1, rows, cols)`` for images; a video patch embed
+    that folds time into rows (``frames`` and ``tubelet`` attributes, as :class:`prunekit.zoo.models.
+    TubeletEmbed`) gives ``T = frames / tubelet``. ``None`` when the grid can change (dynamic size)."""
+    embed = vit.patch_embed
+    grid = getattr(embed, "grid_size", None)
+    if grid is None or getattr(vit, "dynamic_img_size", False) or getattr(embed, "dynamic_img_size", False):
+        return None
+    rows, cols = int(grid[0]), int(grid[1])
+    frames, tubelet = getattr(embed, "frames", None), getattr(embed, "tubelet", None)
+    t = int(frames) // int(tubelet) if frames and tubelet else 1
+    if rows % t:
+        return None
+    return t, rows // t, cols
 
 
 def _timm_classes():
@@ -53,7 +69,7 @@ class TimmAdapter:
                 if not isinstance(attn, Attention) or type(attn).forward is not Attention.forward:
                     raise NotImplementedError(f"blocks[{i}].attn is {type(attn).__name__}: only timm "
                                               "layers.Attention is supported (no RoPE variants)")
-            found.append(Target(module.blocks, int(module.num_prefix_tokens), module))
+            found.append(Target(module.blocks, int(module.num_prefix_tokens), module, grid=token_grid(module)))
         return found
 
     def enter(self, target: Target, x, *args, **kwargs):
