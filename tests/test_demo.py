@@ -24,3 +24,19 @@ def test_prune_then_distilled_finetune_step():
     for k, v in wl.model.state_dict().items():
         assert torch.equal(v, dense_state[k]), k
     assert not wl.model.training and not tuned.training
+
+
+@pytest.mark.parametrize("name,method", [("mosaic-segvit", "local-then-global"), ("motion-vivit", "time tubes")])
+def test_local_merge_steps_cut_macs_and_leave_the_dense_model(name, method):
+    from prunekit.demo import STEPS
+    from prunekit.tokens import is_patched
+    if name not in read_manifest():
+        pytest.skip(f"no {name} checkpoint shipped")
+    step, = [s for s in STEPS if s.model == name and s.method.startswith(method)]
+    wl = load(name)
+    merged = step.apply(copy.deepcopy(wl.model), wl)
+    x = wl.example_inputs
+    assert count_macs(merged, x) < 0.6 * count_macs(wl.model, x)
+    assert is_patched(merged) and not is_patched(wl.model)
+    with torch.no_grad():
+        assert merged(*x).shape == wl.model(*x).shape

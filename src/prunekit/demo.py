@@ -89,6 +89,21 @@ def _merge(r):
     return apply
 
 
+def _merge_local(windows: int = 0, tubes: int = 0, r=0):
+    """merge_dense (``windows``) or merge_video (``tubes``): a local stage, then global ToMe ``r``."""
+    def apply(m, wl):
+        from prunekit import tokens
+        if windows:
+            return tokens.merge_dense(m, windows=windows, r=r)
+        return tokens.merge_video(m, tubes=tubes, r=r)
+    return apply
+
+
+def _decreasing(r: int):
+    from prunekit.tokens import decreasing
+    return decreasing(r)
+
+
 STEPS: tuple[Step, ...] = (
     Step("fmnist-resnet", "structured: 50% MACs (l2, one-shot)", _prune(target_macs=0.5)),
     Step("fmnist-resnet", "structured: 50% MACs (l2) + 0.2-epoch distilled fine-tune",
@@ -99,7 +114,9 @@ STEPS: tuple[Step, ...] = (
     Step("fmnist-vit", "drop 2 of 12 blocks", _drop(2)),
     Step("fmnist-vit", "ToMe r=8", _merge(8)),
     Step("mosaic-segvit", "ToMe r=12", _merge(12)),
+    Step("mosaic-segvit", "local-then-global: 20 windows + ToMe decreasing r=10", _merge_local(20, r=_decreasing(10))),
     Step("motion-vivit", "ToMe r=12", _merge(12)),
+    Step("motion-vivit", "time tubes 30 + ToMe r=8", _merge_local(tubes=30, r=8)),
     Step("minilm", "structured: 25% heads", _prune(ratio=0.25, units=("heads",))),
     Step("minilm", "sparsity 50% wanda", _sparsify(0.5, "wanda")),
     Step("minilm", "drop 2 of 6 blocks", _drop(2)),

@@ -48,6 +48,19 @@ def test_merge_cli_target_macs(workload, capsys):
     assert out["ratios"]["macs"] <= 0.7 and out["tome"]["r"] > 0
 
 
+def test_merge_cli_local_windows(workload, capsys):
+    assert main(["merge", "tiny", "--windows", "6", "--r", "2", "--json", "--repeats", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tome"]["windows"] == 6 and out["tome"]["tubes"] is None
+    assert out["ratios"]["macs"] < 0.8 and is_patched(workload.model)
+
+
+def test_merge_cli_refuses_tubes_on_an_image_model(workload, capsys):
+    assert main(["merge", "tiny", "--tubes", "4", "--r", "2", "--repeats", "2"]) == 2
+    assert "one time slice" in capsys.readouterr().err
+    assert not is_patched(workload.model)
+
+
 def test_tokens_show_writes_png(workload, tmp_path, capsys):
     png = tmp_path / "merged.png"
     assert main(["tokens", "show", "tiny", "--r", "8", "--out", str(png)]) == 0

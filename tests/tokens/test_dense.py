@@ -7,6 +7,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import prunekit.tokens as tokens
 import prunekit.tokens.dense as dense_module
+from prunekit.errors import PruningError
 from prunekit.measure import count_macs
 from prunekit.zoo.models import build
 
@@ -83,25 +84,26 @@ def test_training_mode_backward():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(windows=4, window=9), "larger than the token grid"),
-    (dict(windows=4, layer=4), "layer=4"),
+    (dict(windows=4, window=9), "larger than the token grid.*smaller window"),
+    (dict(windows=4, layer=4), "layer=4, but it has 4 blocks"),
+    (dict(windows=4, r=[1, 1, 1, 1]), "only 3 blocks follow"),
 ])
 @torch.no_grad()
 def test_bad_settings_refused_and_model_unchanged(kwargs, match, module_state):
     vit = VisionTransformer(**KW).eval()
     tokens.merge(vit, r=3)
     before, want = module_state(vit), vit(X)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(PruningError, match=match):
         tokens.merge_dense(vit, **kwargs)
     assert module_state(vit) == before and torch.equal(vit(X), want)   # the earlier patch is kept
 
 
 def test_models_without_a_token_grid_are_refused():
     enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
-    with pytest.raises(ValueError, match="no timm VisionTransformer"):
+    with pytest.raises(PruningError, match="TransformerEncoder: cannot merge tokens locally: .*no timm"):
         tokens.merge_dense(enc, windows=2)
     dyn = VisionTransformer(**KW, dynamic_img_size=True)
-    with pytest.raises(ValueError, match="no fixed token grid"):
+    with pytest.raises(PruningError, match="grid is not fixed"):
         tokens.merge_dense(dyn, windows=2)
     assert not tokens.is_patched(enc) and not tokens.is_patched(dyn)
     with pytest.raises(ValueError, match="reducer='merge'"):

@@ -7,6 +7,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import prunekit.tokens as tokens
 import prunekit.tokens.video as video_module
+from prunekit.errors import PruningError
 from prunekit.measure import count_macs
 from prunekit.tokens.adapters.timm import token_grid
 from prunekit.zoo.models import build
@@ -85,9 +86,9 @@ def test_spans_schedules_and_macs(vivit):
 def test_image_models_are_refused(module_state):
     vit = VisionTransformer(img_size=32, patch_size=4, depth=2)
     before = module_state(vit)
-    with pytest.raises(ValueError, match="one time slice"):
+    with pytest.raises(PruningError, match="VisionTransformer: cannot merge video tokens: .*one time slice"):
         tokens.merge_video(vit, tubes=4)
-    with pytest.raises(ValueError, match="no single fixed space-time token grid"):
+    with pytest.raises(PruningError, match="no single fixed space-time token grid"):
         tokens.merge_video(torch.nn.Linear(2, 2), tubes=4)
     assert module_state(vit) == before
 

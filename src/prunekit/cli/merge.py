@@ -1,6 +1,11 @@
-"""``prunekit merge NAME --r R | --target-macs F [--json]``: token merging (ToMe, Bolya et al., ICLR 2023)
-applied off the shelf, measured against the dense model in the ``prunekit profile --json`` shape."""
+"""``prunekit merge NAME --r R | --target-macs F [--windows W | --tubes T] [--json]``: token merging (ToMe,
+Bolya et al., ICLR 2023) applied off the shelf, measured against the dense model in the ``prunekit
+profile --json`` shape. ``--windows``: local-then-global merging for dense prediction
+(:func:`prunekit.tokens.merge_dense`); ``--tubes``: time-tube merging for video
+(:func:`prunekit.tokens.merge_video`); ``--r`` / ``--target-macs`` then set the global merging after it."""
 from __future__ import annotations
+
+import sys
 
 from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
 from prunekit.measure import profile
@@ -13,23 +18,41 @@ def register(sub) -> None:
     how.add_argument("--r", type=int, help="tokens merged per layer (constant)")
     how.add_argument("--target-macs", type=float, metavar="F",
                      help="fraction of the dense MACs to keep (e.g. 0.62); r is solved for")
+    local = p.add_mutually_exclusive_group()
+    local.add_argument("--windows", type=int, metavar="W",
+                       help="first merge the W most alike 2x2 windows of patch tokens (segmentation, detection)")
+    local.add_argument("--tubes", type=int, metavar="T",
+                       help="first merge the T most alike time tubes of a video model's tokens (static background)")
     p.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
     add_measure_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from prunekit.tokens import merge, schedule_of
+    from prunekit.errors import PruningError
+    from prunekit.tokens import merge, merge_dense, merge_video, schedule_of
 
     wl = resolve_model(args.model)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
+    kwargs = dict(r=args.r if args.r is not None else 0, prop_attn=not args.no_prop_attn,
+                  target_macs=args.target_macs, example_inputs=wl.example_inputs)
+    if args.windows is not None:
+        apply = lambda m: merge_dense(m, windows=args.windows, **kwargs)
+    elif args.tubes is not None:
+        apply = lambda m: merge_video(m, tubes=args.tubes, **kwargs)
+    else:
+        apply = lambda m: merge(m, **kwargs)
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
-    merge(wl.model, r=args.r if args.r is not None else 0, prop_attn=not args.no_prop_attn,
-          target_macs=args.target_macs, example_inputs=wl.example_inputs)
+    try:
+        apply(wl.model)
+    except (PruningError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     result = compare(dense, profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats))
     schedule = schedule_of(wl.model)
     result["model"] = wl.name
     result["tome"] = {"r": getattr(schedule, "r", None), "schedule": repr(schedule),
-                      "prop_attn": not args.no_prop_attn, "target_macs": args.target_macs}
+                      "prop_attn": not args.no_prop_attn, "target_macs": args.target_macs,
+                      "windows": args.windows, "tubes": args.tubes}
     print_result(result, args.json)
     return 0

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.errors import PruningError
 from prunekit.tokens.adapters import ADAPTERS, Adapter, Target
 from prunekit.tokens.groups import LocalMerge, group_matching, window_groups
 from prunekit.tokens.matching import attention_bias, bipartite_soft_matching, merge_positions, merge_wavg, unmerge
@@ -293,14 +294,9 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
             raise NotImplementedError(f"layer container {type(t.container).__name__} is not patchable")
         if num_protected is not None:
             t.num_protected = int(num_protected)
-        if local is not None:
-            where = f"{type(t.owner).__name__} ({type(t.container).__name__} of {len(t.container)} layers)"
-            if t.grid is None:
-                raise ValueError(f"merge(local=...): {where} does not expose a fixed token grid; local "
-                                 "merging needs one (timm VisionTransformer with dynamic_img_size=False)")
-            if local.layer >= len(t.container):
-                raise ValueError(f"merge(local=...): LocalMerge.layer={local.layer} but {where}")
-            window_groups(t.grid, local.window)  # raises on a window that does not fit the grid
+        if local is not None and t.grid is None:  # e.g. an HF encoder beside a timm ViT
+            raise PruningError(type(t.owner).__name__, "merge tokens locally",
+                               "its layer stack has no token grid; only timm ViTs have one here")
     config = MergeConfig(as_schedule(r), prop_attn, trace_source, reducer, local)
     try:
         for adapter, t in found:
@@ -317,26 +313,31 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
 
 
 def _check_local(model: nn.Module, local: LocalMerge, schedule: Schedule) -> None:
+    """Refuse, before anything changes, a local stage that ``model``'s timm ViTs cannot run."""
     from timm.models.vision_transformer import VisionTransformer
 
     from prunekit.tokens.adapters.timm import token_grid
-    vits = [m for m in model.modules() if isinstance(m, VisionTransformer)]
+    op = "merge tokens locally"
+    vits = [(name or type(m).__name__, m) for name, m in model.named_modules() if isinstance(m, VisionTransformer)]
     if not vits:
-        raise ValueError(f"merge(local=...): {type(model).__name__} holds no timm VisionTransformer; local "
-                         "merging needs the token grid only timm ViTs expose here (use plain merge(r=...))")
-    for vit in vits:
+        raise PruningError(type(model).__name__, op, "it holds no timm VisionTransformer, whose token grid local "
+                           "merging needs; use plain merge(model, r=...)")
+    for name, vit in vits:
         grid = token_grid(vit)
         if grid is None:
-            raise ValueError(f"merge(local=...): {type(vit).__name__} has no fixed token grid "
-                             "(dynamic_img_size=True?); build it with a fixed img_size")
+            raise PruningError(name, op, "its token grid is not fixed (dynamic_img_size=True?); build it with "
+                               "a fixed img_size")
         if local.layer >= len(vit.blocks):
-            raise ValueError(f"merge(local=...): LocalMerge.layer={local.layer} but {type(vit).__name__} "
-                             f"has {len(vit.blocks)} blocks")
-        window_groups(grid, local.window)  # raises on a window that does not fit the grid
+            raise PruningError(name, op, f"LocalMerge.layer={local.layer}, but it has {len(vit.blocks)} blocks "
+                               f"(0 to {len(vit.blocks) - 1})")
+        try:
+            window_groups(grid, local.window)
+        except ValueError as err:
+            raise PruningError(name, op, f"{err}; choose a smaller window") from None
         after = len(vit.blocks) - local.layer - 1
         if isinstance(schedule, PerLayer) and len(schedule.values) > after:
-            raise ValueError(f"merge(local=...): {len(schedule.values)} per-layer r values, but only {after} "
-                             f"blocks follow the local stage in block {local.layer}; the list is for those")
+            raise PruningError(name, op, f"{len(schedule.values)} per-layer r values, but only {after} blocks "
+                               f"follow the local stage in block {local.layer}; the list is for those")
 
 
 def _solve_target(model: nn.Module, config: MergeConfig, fraction: float, example_inputs: Any) -> Schedule:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from prunekit.errors import PruningError
 from prunekit.tokens.groups import LocalMerge
 from prunekit.tokens.merge import merge
 from prunekit.tokens.schedule import RSpec
@@ -46,12 +47,12 @@ def merge_video(model: nn.Module, tubes: int, r: RSpec = 0, *, span: int | None 
     from prunekit.tokens.adapters.timm import token_grid
     grids = {token_grid(m) for m in model.modules() if isinstance(m, VisionTransformer)}
     if len(grids) != 1 or None in grids:
-        raise ValueError(f"merge_video: {type(model).__name__} has no single fixed space-time token grid "
-                         f"(found {sorted(map(str, grids))}); it needs a timm ViT with a video patch embed")
+        raise PruningError(type(model).__name__, "merge video tokens", f"it has no single fixed space-time token "
+                           f"grid (found {sorted(map(str, grids))}); it needs a timm ViT with a video patch embed")
     (t, _, _), = grids
     if t < 2:
-        raise ValueError(f"merge_video: {type(model).__name__}'s tokens have one time slice (an image model?); "
-                         "use merge_dense or merge")
+        raise PruningError(type(model).__name__, "merge video tokens", "its tokens have one time slice (an image "
+                           "model?); use merge_dense or merge")
     span = t if span is None else int(span)
     return merge(model, r, local=LocalMerge(int(tubes), (span, 1, 1), int(layer), threshold), **kwargs)
 

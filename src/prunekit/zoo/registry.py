@@ -19,7 +19,7 @@ from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normaliz
 from prunekit.zoo import models
 from prunekit.zoo.store import load_state, read_manifest
 
-__all__ = ["Workload", "load", "evaluate_model", "miou_of", "NAMES", "TASKS"]
+__all__ = ["Workload", "load", "evaluate_model", "miou_of", "boundary_band", "boundary_miou", "NAMES", "TASKS"]
 
 TASKS = {"fmnist-resnet": "classification", "fmnist-vit": "classification",
          "mosaic-segvit": "segmentation", "motion-vivit": "video", "minilm": "sentence-embedding"}
@@ -76,6 +76,31 @@ def miou_of(pred: torch.Tensor, true: torch.Tensor, num_classes: int = 11) -> fl
     0.5833333333333333
     """
     return _mean_iou(_confusion(pred, true, num_classes))
+
+
+def boundary_band(true: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Pixels of label maps ``true`` ``(B, H, W)`` within ``width`` px (8-neighbourhood steps) of a label
+    change: where object boundaries are, so where merging tokens across a boundary shows.
+
+    >>> boundary_band(torch.tensor([[[0, 0, 0, 1]]]), 1).int().tolist()
+    [[[0, 0, 1, 1]]]
+    """
+    y = true.float()[:, None]
+    k = 2 * width + 1
+    hi = nn.functional.max_pool2d(y, k, 1, width)
+    lo = -nn.functional.max_pool2d(-y, k, 1, width)
+    return (hi != lo)[:, 0]
+
+
+def boundary_miou(pred: torch.Tensor, true: torch.Tensor, width: int = 2, num_classes: int = 11) -> float:
+    """:func:`miou_of` on the :func:`boundary_band` pixels only (a boundary IoU in the spirit of Cheng et
+    al., "Boundary IoU", CVPR 2021, with the band taken around the true boundaries).
+
+    >>> boundary_miou(torch.tensor([[[0, 0, 1, 1]]]), torch.tensor([[[0, 0, 0, 1]]]), 1, 2)
+    0.25
+    """
+    band = boundary_band(true, width)
+    return miou_of(pred[band], true[band], num_classes)
 
 
 def miou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 11) -> float:
