@@ -83,7 +83,9 @@ class TimmAdapter:
     def uninstall(self, target: Target) -> None:
         pass
 
-    def attention(self, blk: nn.Module, x, bias):
+    def attention(self, blk: nn.Module, x, bias, attend=None):
+        """The attention half of ``blk``; ``attend(q, k, v) -> (B, N, H*D)`` replaces the fused kernel
+        (``bias`` is then ignored), e.g. DynamicViT's masked attention while training."""
         attn = blk.attn
         y = blk.norm1(x)
         B, N, _ = y.shape
@@ -92,7 +94,10 @@ class TimmAdapter:
         qkv = attn.qkv(y).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        o = sdpa_heads(q, k, v, bias, attn.attn_drop.p if attn.training else 0.0, attn.scale)
+        if attend is not None:
+            o = attend(q, k, v)
+        else:
+            o = sdpa_heads(q, k, v, bias, attn.attn_drop.p if attn.training else 0.0, attn.scale)
         o = attn.norm(o)
         if gate is not None:
             o = o * gate
