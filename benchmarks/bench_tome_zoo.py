@@ -3,8 +3,8 @@
 motion-vivit (8 blocks, 196 space-time tubelet tokens + class token, top-1 on 8-frame clips) and
 mosaic-segvit (8 blocks, 196 patch tokens + class token, per-pixel mIoU: the merged tokens are
 un-merged to one per patch before the decoder; its pixel-refinement head works at full resolution and
-is not reduced by merging). This is plain ToMe, the baseline that video-specific
-and dense-prediction-specific merging must beat. Metric on the first ``--limit`` eval samples; MACs per
+is not reduced by merging). This is plain ToMe; the video-specific and dense-prediction-specific
+merging are compared with it in bench_local_merge.py. Metric on the first ``--limit`` eval samples; MACs per
 sample from torch.utils.flop_counter; latency of one batch of ``--batch`` eval samples on 1 thread,
 each configuration timed in alternating rounds with the dense model (``bench_tome_timing``).
 
