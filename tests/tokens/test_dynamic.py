@@ -148,3 +148,15 @@ def test_fresh_scorers_start_near_the_share_to_keep():
         _, _, masks = dyn.forward_with_masks(torch.randn(16, 3, 32, 32))
     for m, target in zip(masks, dyn.keep_targets(), strict=True):
         assert abs(float(m.mean()) - target) < 0.08
+
+
+def test_fit_restores_the_callers_requires_grad():
+    vit = VisionTransformer(**KW)
+    vit.patch_embed.requires_grad_(False)
+    dyn = DynamicViT(vit, stages=(1,), keep=0.5)
+    fit_dynamic(dyn, [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))], backbone_lr=0.0, progress=False)
+    assert not any(p.requires_grad for p in vit.patch_embed.parameters())
+    assert all(p.requires_grad for p in vit.blocks.parameters())
+    before = vit.patch_embed.proj.weight.clone()
+    fit_dynamic(dyn, [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))], backbone_lr=1e-3, progress=False)
+    assert torch.equal(vit.patch_embed.proj.weight, before)   # frozen by the caller: not trained

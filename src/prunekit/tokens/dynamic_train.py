@@ -66,9 +66,10 @@ def fit_dynamic(model: DynamicViT, batches: Iterable[tuple[torch.Tensor, torch.T
     per-step loss parts; the model is left in eval mode."""
     teacher = teacher if teacher is not None else copy.deepcopy(model.vit)
     teacher.eval().requires_grad_(False)
+    trainable = {name: p.requires_grad for name, p in model.vit.named_parameters()}
     groups = [{"params": list(model.scorers.parameters()), "lr": lr}]
     if backbone_lr > 0:
-        groups.append({"params": list(model.vit.parameters()), "lr": backbone_lr})
+        groups.append({"params": [p for p in model.vit.parameters() if p.requires_grad], "lr": backbone_lr})
     else:
         model.vit.requires_grad_(False)
     opt = torch.optim.AdamW(groups, weight_decay=0.05)
@@ -92,5 +93,6 @@ def fit_dynamic(model: DynamicViT, batches: Iterable[tuple[torch.Tensor, torch.T
                     bar.update(1)
     finally:
         model.eval()
-        model.vit.requires_grad_(True)
+        for name, p in model.vit.named_parameters():  # as the caller had them (a frozen backbone stays frozen)
+            p.requires_grad_(trainable[name])
     return history
