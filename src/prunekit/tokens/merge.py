@@ -88,21 +88,23 @@ class _Patch:
 
 
 def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid: torch.Tensor | None,
-               config: MergeConfig, num_protected: int, grid: tuple[int, int, int] | None = None
+               config: MergeConfig, num_protected: int, groups: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, TokenInfo | None]:
     """Run ``layers`` on tokens ``x`` ``(B, N, C)``, reducing tokens between attention and MLP.
 
-    ``valid`` ``(B, N)`` marks real tokens (padding gets size 0). ``grid`` ``(T, H, W)``: where the
-    unprotected tokens lie, for ``config.local``. Returns the final tokens (restored to ``N`` when
-    merging) and, with ``config.trace_source``, a :class:`TokenInfo`.
+    ``valid`` ``(B, N)`` marks real tokens (padding gets size 0). ``groups``: the window of every
+    unprotected token (:func:`~prunekit.tokens.groups.window_groups`), for ``config.local``. Returns
+    the final tokens (restored to ``N`` when merging) and, with ``config.trace_source``, a
+    :class:`TokenInfo`.
     """
     B, n0, _ = x.shape
     p = num_protected
-    local, groups = config.local, None
+    local = config.local
     if local is None:
         rs = config.schedule.per_layer(len(layers), n0, p)
     else:  # the schedule is laid over the layers after the local stage, once its token count is known
-        groups = _local_groups(local, grid, n0 - p, len(layers))
+        if groups is None:
+            raise ValueError("config.local needs the token groups (window_groups of the stack's grid)")
         rs = [0] * len(layers)
     done: list[int] = []
     has_pad = valid is not None
@@ -115,7 +117,7 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
         bias = attention_bias(size, config.prop_attn, x.dtype, has_pad)
         x, q, k = adapter.attention(layer, x, bias)
         match = None
-        if groups is not None and i == local.layer:
+        if local is not None and i == local.layer:
             match = group_matching(k.mean(1), groups, local.count, num_protected=p, threshold=local.threshold)
             r = match.r
             rs[i + 1:] = config.schedule.per_layer(len(layers) - i - 1, n - r, p)
@@ -145,19 +147,6 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
     return x, info
 
 
-def _local_groups(local: LocalMerge, grid: tuple[int, int, int] | None, num_tokens: int,
-                  num_layers: int) -> torch.Tensor:
-    if grid is None:
-        raise ValueError("local merging needs the token grid, which this layer stack does not expose "
-                         "(supported: timm VisionTransformer with a fixed image size)")
-    if grid[0] * grid[1] * grid[2] != num_tokens:
-        raise ValueError(f"local merging: {num_tokens} unprotected tokens do not fill the grid {grid} "
-                         "(a different input size than the model's img_size?)")
-    if local.layer >= num_layers:
-        raise ValueError(f"LocalMerge.layer={local.layer} but the stack has {num_layers} layers")
-    return window_groups(grid, local.window)
-
-
 def _drop_positions(keep: torch.Tensor, positions: torch.Tensor | None, n: int, batch: int,
                     device: torch.device) -> torch.Tensor:
     layer_map = torch.full((batch, n), -1, dtype=torch.long, device=device)
@@ -171,7 +160,7 @@ def _run_stack(container: nn.Module, *args, **kwargs):
     patch: _Patch = container.__dict__["_tome"]
     x, valid, leave = patch.adapter.enter(patch.target, *args, **kwargs)
     x, info = run_layers(patch.adapter, list(container._modules.values()), x, valid, patch.config,
-                         patch.target.num_protected, patch.target.grid)
+                         patch.target.num_protected, patch.extra.get("groups"))
     if info is not None:
         patch.root.__dict__["_tome_info"] = info
     return leave(x)
@@ -301,6 +290,8 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     try:
         for adapter, t in found:
             patch = _Patch(adapter, t, config, model, type(t.container))
+            if local is not None:  # computed once here, not in every forward
+                patch.extra["groups"] = window_groups(t.grid, local.window)
             adapter.install(t)
             t.container.__dict__["_tome"] = patch
             t.container.__class__ = _PATCHED_CLASS[patch.original_class]
