@@ -5,6 +5,8 @@
   training;
 - :func:`finalize` bakes the masks into plain weights and optionally swaps Linear layers for sparse
   kernels where a timing shows they are faster;
+- :class:`GradualPruner` prunes during training: the sparsity rises on Zhu & Gupta's cubic schedule
+  (:func:`cubic_sparsity`) while the model trains, re-judging the weights at every update;
 - :func:`sparsity_report` counts zeros per layer and in total;
 - ``prunekit.save`` stores mostly-zero tensors compressed (see :mod:`prunekit.serialize`).
 
@@ -18,6 +20,7 @@
 >>> prunekit.sparsity_report(net).layers["0"]["sparsity"]
 0.75
 """
+from prunekit.sparse.gradual import GradualPruner, cubic_sparsity
 from prunekit.sparse.kernels import SparseLinear, finalize
 from prunekit.sparse.masking import attach_mask, detach_mask, is_masked, masked_modules
 from prunekit.sparse.oneshot import SparsityResult, sparsify
@@ -25,4 +28,5 @@ from prunekit.sparse.report import SparsityReport, sparsity_report
 from prunekit.sparse.targets import default_targets, output_layer
 
 __all__ = ["sparsify", "finalize", "sparsity_report", "SparsityResult", "SparsityReport", "SparseLinear",
-           "attach_mask", "detach_mask", "is_masked", "masked_modules", "default_targets", "output_layer"]
+           "GradualPruner", "cubic_sparsity", "attach_mask", "detach_mask", "is_masked", "masked_modules",
+           "default_targets", "output_layer"]

@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.sparse import masks as M
-from prunekit.sparse.masking import attach_mask
+from prunekit.sparse.masking import MASK_NAME, attach_mask, is_masked
 from prunekit.sparse.targets import default_targets, input_norms
 
 __all__ = ["sparsify", "SparsityResult", "METHODS", "SCOPES"]
@@ -111,6 +111,8 @@ def _scores(method: str, targets: list[tuple[str, nn.Module]], norms: dict, seed
     out = []
     for name, mod in targets:
         w = mod.weight.detach()
+        if is_masked(mod):  # score what the forward uses: an optimizer may have moved masked weights since
+            w = w * getattr(mod, MASK_NAME)
         if method == "magnitude":
             s = M.magnitude_scores(w)
         elif method == "random":
