@@ -1,7 +1,9 @@
 """Structured pruning: remove whole channels, neurons, attention heads and blocks.
 
 ``prune`` and ``groups`` are the dependency-aware engine (DepGraph-style coupled groups, Fang et
-al., CVPR 2023); ``drop_layers`` removes whole blocks ranked by block influence (ShortGPT).
+al., CVPR 2023); ``drop_layers`` removes whole blocks ranked by block influence (ShortGPT);
+``slimming_penalty`` is Network Slimming's training-time L1 term on BatchNorm scales, after which
+``prune(..., importance="bn_scale")`` cuts the channels training has already switched off.
 
 >>> import torch, prunekit
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -11,5 +13,7 @@ True
 from prunekit.structured.api import GroupList, PruneResult, groups, prune
 from prunekit.structured.blocks import drop_layers
 from prunekit.structured.importance import Importance
+from prunekit.structured.slimming import SlimmingPenalty, slimming_penalty
 
-__all__ = ["prune", "groups", "drop_layers", "PruneResult", "Importance", "GroupList"]
+__all__ = ["prune", "groups", "drop_layers", "PruneResult", "Importance", "GroupList", "slimming_penalty",
+           "SlimmingPenalty"]
