@@ -143,7 +143,9 @@ _PROBE = (10, 60)  # steps between which fit times itself when given a budget
 def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_epoch: int,
         seed: int = 0, weight_decay: float = 0.05, label_smoothing: float = 0.1, desc: str = "train",
         teacher: nn.Module | None = None, distill: float = 0.5, temperature: float = 2.0,
-        device: str | torch.device | None = None, budget_s: float | None = None) -> FitResult:
+        device: str | torch.device | None = None, budget_s: float | None = None,
+        regularizer: Callable[[], torch.Tensor] | None = None,
+        on_step: Callable[[int], object] | None = None) -> FitResult:
     """AdamW with linear warm-up and cosine decay; ``epochs`` may be fractional.
 
     With a ``teacher`` (a trained model of the same task, kept frozen), the loss mixes the label loss
@@ -155,6 +157,10 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
     explicit CUDA device runs under bf16 autocast); the model stays there afterwards. ``budget_s``:
     time steps 10-60, then shorten the run (the warm-up and cosine schedule with it) so that it fits
     the budget; the returned ``steps`` say how many ran.
+
+    ``regularizer``: a term added to every step's loss (e.g. Network Slimming's
+    :func:`prunekit.structured.slimming_penalty`); ``on_step``: called with the step count after every
+    optimizer step (e.g. :meth:`prunekit.sparse.GradualPruner.step`, which prunes while training).
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -187,12 +193,16 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
                 if teacher is not None or tb:
                     target = tb[0] if tb else _logits_of(teacher, xb)
                     loss = (1 - distill) * loss + distill * _soft_loss(out.float(), target.float(), temperature)
+                if regularizer is not None:
+                    loss = loss + regularizer()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             step += 1
+            if on_step is not None:
+                on_step(step)
             loss_ema = loss.item() if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}")
