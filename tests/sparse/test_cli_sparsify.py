@@ -51,3 +51,32 @@ def test_cli_bad_sparsity_exits_cleanly(tmp_path, monkeypatch):
         main(["sparsify", "tiny", "--sparsity", "1.5", "--out", str(tmp_path / "x.safetensors")])
     with pytest.raises(SystemExit, match="input dimension 64 .*not divisible by M=3"):
         main(["sparsify", "tiny", "--pattern", "1:3", "--out", str(tmp_path / "x.safetensors"), "--repeats", "1"])
+
+
+def test_cli_gradual_sparsity_prunes_while_the_zoo_model_trains(tmp_path, capsys):
+    out = tmp_path / "g.safetensors"
+    code = main(["sparsify", "fmnist-resnet", "--sparsity", "0.8", "--gradual-epochs", "0.01", "--limit", "64",
+                 "--repeats", "1", "--json", "--out", str(out)])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    grad = res["sparsity"]["gradual"]
+    assert grad["steps"] == 4 and grad["ramp_steps"] == 3 and grad["updates"] == 1
+    assert abs(res["sparsity"]["achieved"] - 0.8) < 1e-3
+    back = prunekit.load(out)
+    assert back.prunekit_meta["sparsify"]["gradual"]["steps"] == 4 and back.prunekit_meta["zoo"] == "fmnist-resnet"
+    assert prunekit.sparsity_report(back).total["sparsity"] > 0.7
+
+
+def test_cli_gradual_refusals_name_the_fix(tmp_path, monkeypatch):
+    import pytest
+    monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
+    with pytest.raises(SystemExit, match="GradualPruner in your own training loop"):
+        main(["sparsify", "tiny", "--sparsity", "0.5", "--gradual-epochs", "1", "--out", str(tmp_path / "x")])
+    monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: Workload(
+        "fmnist-resnet", _workload().model, _workload().example_inputs, _workload().evaluate, "classification",
+        "agree"))
+    with pytest.raises(SystemExit, match="nothing to ramp"):
+        main(["sparsify", "fmnist-resnet", "--pattern", "2:4", "--gradual-epochs", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--gradual-ramp must lie"):
+        main(["sparsify", "fmnist-resnet", "--sparsity", "0.5", "--gradual-epochs", "1", "--gradual-ramp", "0",
+              "--out", str(tmp_path / "x")])

@@ -36,3 +36,23 @@ def test_cli_prune_on_failure_skip_reports_what_it_left(tmp_path, capsys):
           "--repeats", "1"])
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["prune"]["skipped"] == [] and res["ratios"]["macs"] <= 0.8
+
+
+def test_cli_prune_slimming_trains_with_the_penalty_then_cuts_by_bn_scale(tmp_path, capsys):
+    out = tmp_path / "slim.safetensors"
+    code = main(["prune", "fmnist-resnet", "--target-macs", "0.5", "--slimming-epochs", "0.01",
+                 "--slimming-strength", "1e-3", "--limit", "64", "--repeats", "1", "--json", "--out", str(out)])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["prune"]["importance"] == "bn_scale"
+    assert res["prune"]["slimming"]["steps"] == 4 and res["prune"]["slimming"]["strength"] == 1e-3
+    assert abs(res["ratios"]["macs"] - 0.5) <= 0.02 * 0.5
+    assert prunekit.load(out).prunekit_meta["prune"]["slimming"]["steps"] == 4
+
+
+def test_cli_prune_slimming_refusals_name_the_fix(tmp_path):
+    import pytest
+    with pytest.raises(SystemExit, match="no affine BatchNorm"):
+        main(["prune", "fmnist-vit", "--ratio", "0.3", "--slimming-epochs", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="slimming_penalty\\(model\\) to your own"):
+        main(["prune", "timm:test_resnet", "--ratio", "0.3", "--slimming-epochs", "1", "--out", str(tmp_path / "x")])

@@ -1,5 +1,9 @@
 """``prunekit prune NAME --ratio R | --target-macs F [--importance ...] [--finetune-epochs E] --out PATH``.
 
+``--slimming-epochs E`` (zoo classifiers with BatchNorm) first trains ``E`` epochs of the built-in
+fine-tune with Network Slimming's L1 penalty on the BatchNorm scales (``--slimming-strength``), then
+prunes by those scales (``--importance`` defaults to ``bn_scale`` then).
+
 Prunes a zoo model, ``timm:<name>`` or a saved model, prints dense vs pruned params, MACs, latency
 and task metric in the ``prunekit profile --json`` shape (with ``dense`` and ``ratios``), and saves
 the pruned model with ``prunekit.save``.
@@ -17,7 +21,8 @@ def register(sub) -> None:
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--ratio", type=float, help="fraction of channels/heads to remove")
     amount.add_argument("--target-macs", type=float, help="fraction of MACs to keep (searched to within 2%%)")
-    p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale", "taylor", "random"])
+    p.add_argument("--importance", default=None, choices=["l1", "l2", "bn_scale", "taylor", "random"],
+                   help="channel/head score (default l2; bn_scale with --slimming-epochs)")
     p.add_argument("--scope", default="global", choices=["global", "local"])
     p.add_argument("--units", default="channels,heads", help="comma list of channels,heads")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts a multiple of this")
@@ -27,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with the dense model as teacher (knowledge distillation)")
+    p.add_argument("--slimming-epochs", type=float, default=0.0,
+                   help="before pruning, train this many epochs with an L1 penalty on BatchNorm scales")
+    p.add_argument("--slimming-strength", type=float, default=1e-4, help="the penalty's lambda")
     add_measure_args(p)
     p.add_argument("--out", required=True, help="where to save the pruned model (.safetensors)")
     p.set_defaults(func=run)
@@ -45,19 +53,28 @@ def run(args) -> int:
     import prunekit
     from prunekit.measure import profile
     wl = resolve_model(args.model)
+    base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
+    importance = args.importance or ("bn_scale" if args.slimming_epochs else "l2")
+    penalty = _slimming_check(wl, base, args) if args.slimming_epochs else None
     evaluate = (lambda m: wl.evaluate(m, limit=args.limit))
     before = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     teacher = copy.deepcopy(wl.model) if args.finetune_epochs and args.distill else None
+    slimming = None
+    if penalty is not None:
+        from prunekit.structured.finetune import finetune
+        slimming = {**finetune(wl.model, base, args.slimming_epochs, regularizer=penalty),
+                    "strength": args.slimming_strength}
     res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
-                         importance=args.importance, scope=args.scope,
+                         importance=importance, scope=args.scope,
                          units=tuple(u for u in args.units.split(",") if u), round_to=args.round_to,
-                         calib=_calib(wl) if args.importance == "taylor" else None, on_failure=args.on_failure)
+                         calib=_calib(wl) if importance == "taylor" else None, on_failure=args.on_failure)
     info = {"seconds": round(res.seconds, 3), "groups": len(res.decisions),
-            "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": args.importance,
+            "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": importance,
             "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope, "skipped": res.skipped}
+    if slimming:
+        info["slimming"] = slimming
     if args.finetune_epochs:
         from prunekit.structured.finetune import finetune
-        base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
         info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples,
                                     teacher=teacher)
     after = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
@@ -72,3 +89,18 @@ def run(args) -> int:
     result["out"] = args.out
     print_result(result, args.json)
     return 0
+
+
+def _slimming_check(wl, base: str, args):
+    """The Network Slimming penalty for ``wl``'s model, or a clear exit before anything is measured."""
+    from prunekit.errors import PruningError
+    from prunekit.structured import slimming_penalty
+    from prunekit.structured.finetune import FINETUNE_LR
+    if base not in FINETUNE_LR:
+        raise SystemExit(f"prunekit prune: --slimming-epochs trains with the built-in fine-tune, which exists for "
+                         f"{sorted(FINETUNE_LR)}, not {base!r}; add prunekit.slimming_penalty(model) to your own "
+                         "training loss instead")
+    try:
+        return slimming_penalty(wl.model, args.slimming_strength)
+    except PruningError as e:
+        raise SystemExit(f"prunekit prune: {e}") from None

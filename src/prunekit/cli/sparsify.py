@@ -1,4 +1,8 @@
-"""``prunekit sparsify NAME --sparsity S --out PATH``: one-shot unstructured / N:M / block sparsity.
+"""``prunekit sparsify NAME --sparsity S --out PATH``: unstructured / N:M / block sparsity, one-shot or gradual.
+
+With ``--gradual-epochs E`` (zoo classifiers) the sparsity is not applied at once: the built-in
+fine-tune trains ``E`` epochs while :class:`prunekit.sparse.GradualPruner` raises it on the cubic
+schedule over the first ``--gradual-ramp`` of the steps.
 
 Profiles the dense model, sparsifies it, bakes the masks in (``finalize``), profiles again and saves
 the result compressed with ``prunekit.save``. Prints the ``profile`` shape of the sparse model with
@@ -30,6 +34,11 @@ def register(sub) -> None:
     p.add_argument("--calib", type=int, default=256, help="calibration samples for --method wanda")
     p.add_argument("--kernels", default=None, choices=["auto", "csr", "bsr", "semi"],
                    help="swap Linear layers for sparse kernels (auto: only where a timing shows a speed-up)")
+    p.add_argument("--gradual-epochs", type=float, default=0.0,
+                   help="prune during this many epochs of the built-in fine-tune (zoo classifiers), not one-shot")
+    p.add_argument("--gradual-ramp", type=float, default=0.75,
+                   help="share of the fine-tune's steps over which the sparsity rises (the rest trains at it)")
+    p.add_argument("--gradual-every", type=int, default=10, help="optimizer steps between sparsity updates")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     add_measure_args(p)
     p.set_defaults(func=run)
@@ -57,29 +66,37 @@ def run(args) -> int:
     except PruningError as e:
         raise SystemExit(f"prunekit sparsify: {e}") from None
     wl = resolve_model(args.model)
+    base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or wl.name
+    if args.gradual_epochs:
+        _check_gradual(args, base)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         prunekit.save(wl.model, Path(tmp) / "dense.safetensors")
         dense_bytes = (Path(tmp) / "dense.safetensors").stat().st_size
     calib = calibration(wl, args.calib) if args.method == "wanda" else None
+    options = {"method": args.method, "pattern": args.pattern, "scope": args.scope, "calib": calib,
+               "ignore": args.ignore}
     try:
-        res = prunekit.sparsify(wl.model, args.sparsity, method=args.method, pattern=args.pattern,
-                                scope=args.scope, calib=calib, ignore=args.ignore)
+        res, training = (_gradual(wl.model, base, args, options) if args.gradual_epochs
+                         else (prunekit.sparsify(wl.model, args.sparsity, **options), None))
     except PruningError as e:
         raise SystemExit(f"prunekit sparsify: {e}") from None
     plan = prunekit.finalize(wl.model, kernels=args.kernels, example_inputs=wl.example_inputs)
     sparse = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     meta = {"sparsify": {"sparsity": res.target, "method": res.method, "pattern": res.pattern, "scope": res.scope}}
-    zoo_name = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or wl.name
-    if zoo_name in NAMES:
-        meta["zoo"] = zoo_name
+    if training:
+        meta["sparsify"]["gradual"] = training
+    if base in NAMES:
+        meta["zoo"] = base
     prunekit.save(wl.model, args.out, meta=meta)
     out = compare(dense, sparse)
     out["model"] = wl.name
     out["ratios"]["nonzero_params"] = round(sparse["nonzero_params"] / dense["nonzero_params"], 4)
     out["sparsity"] = {"target": res.target, "achieved": res.total, "method": res.method, "pattern": res.pattern,
                        "scope": res.scope, "layers": len(res.layers)}
+    if training:
+        out["sparsity"]["gradual"] = training
     out["file_bytes"] = Path(args.out).stat().st_size
     out["dense_file_bytes"] = dense_bytes
     out["ratios"]["file"] = round(out["file_bytes"] / dense_bytes, 4)
@@ -88,3 +105,32 @@ def run(args) -> int:
     out["out"] = str(args.out)
     print_result(out, args.json)
     return 0
+
+
+def _check_gradual(args, base: str) -> None:
+    """Refuse ``--gradual-*`` settings that cannot work, before the (slow) dense profile."""
+    from prunekit.structured.finetune import FINETUNE_LR
+    if base not in FINETUNE_LR:
+        raise SystemExit(f"prunekit sparsify: --gradual-epochs trains with the built-in fine-tune, which exists for "
+                         f"{sorted(FINETUNE_LR)}, not {base!r}; use prunekit.sparse.GradualPruner in your own "
+                         "training loop instead")
+    from prunekit.sparse.masks import parse_pattern
+    if parse_pattern(args.pattern).kind == "nm":
+        raise SystemExit(f"prunekit sparsify: pattern {args.pattern} fixes the sparsity, so there is nothing to "
+                         "ramp; drop --gradual-epochs (and fine-tune with prunekit prune/finetune afterwards)")
+    if not 0 < args.gradual_ramp <= 1:
+        raise SystemExit(f"prunekit sparsify: --gradual-ramp must lie in (0, 1], got {args.gradual_ramp}")
+
+
+def _gradual(model, base: str, args, options: dict):
+    """Fine-tune ``model`` for ``--gradual-epochs`` while a :class:`GradualPruner` raises its sparsity."""
+    from prunekit.sparse import GradualPruner
+    from prunekit.structured.finetune import finetune, finetune_steps
+    steps = finetune_steps(args.gradual_epochs)
+    end = max(2, int(round(steps * args.gradual_ramp)))
+    if end > steps:
+        raise SystemExit(f"prunekit sparsify: --gradual-epochs {args.gradual_epochs:g} is {steps} steps, too few to "
+                         "ramp the sparsity; give more epochs")
+    pruner = GradualPruner(model, args.sparsity, end_step=end, every=min(args.gradual_every, end), **options)
+    info = finetune(model, base, args.gradual_epochs, on_step=lambda s: pruner.step())
+    return pruner.result, {**info, "ramp_steps": end, "updates": len(pruner.history)}

@@ -94,6 +94,7 @@ class GradualPruner:
         self.updates = set(update_steps(end_step, start_step, every))
         self.steps = 0
         self.sparsity = 0.0
+        self.result: SparsityResult | None = None  # the last update's
         self.history: list[tuple[int, float]] = []  # (step, achieved sparsity) at each update
 
     def target(self, step: int) -> float:
@@ -111,7 +112,7 @@ class GradualPruner:
         if s <= 0.0:
             return None
         res = sparsify(self.model, s, **self.options)
-        self.sparsity = res.total
+        self.result, self.sparsity = res, res.total
         self.history.append((self.steps, res.total))
         return res
 
