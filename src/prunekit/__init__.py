@@ -4,7 +4,8 @@ The public verbs are imported lazily, so ``import prunekit`` stays cheap:
 
 - structured pruning: ``prune``, ``groups``, ``drop_layers``
 - unstructured / N:M sparsity: ``sparsify``, ``finalize``, ``sparsity_report``
-- pruning during training: ``GradualPruner`` (unstructured), ``slimming_penalty`` (Network Slimming)
+- pruning during training: ``GradualPruner`` (unstructured), ``slimming_penalty`` (Network Slimming),
+  ``prune_iteratively`` (structured cuts in rounds with training between them)
 - saving: ``save``, ``load``
 - measurement: ``profile``
 - token reduction: ``prunekit.tokens``
@@ -19,7 +20,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "prune": "prunekit.structured", "groups": "prunekit.structured", "drop_layers": "prunekit.structured",
-    "slimming_penalty": "prunekit.structured", "GradualPruner": "prunekit.sparse",
+    "slimming_penalty": "prunekit.structured", "prune_iteratively": "prunekit.structured",
+    "GradualPruner": "prunekit.sparse",
     "sparsify": "prunekit.sparse", "finalize": "prunekit.sparse", "sparsity_report": "prunekit.sparse",
     "save": "prunekit.serialize", "load": "prunekit.serialize",
     "profile": "prunekit.measure",

@@ -3,7 +3,8 @@
 ``prune`` and ``groups`` are the dependency-aware engine (DepGraph-style coupled groups, Fang et
 al., CVPR 2023); ``drop_layers`` removes whole blocks ranked by block influence (ShortGPT);
 ``slimming_penalty`` is Network Slimming's training-time L1 term on BatchNorm scales, after which
-``prune(..., importance="bn_scale")`` cuts the channels training has already switched off.
+``prune(..., importance="bn_scale")`` cuts the channels training has already switched off;
+``prune_iteratively`` cuts in rounds with training between them, re-judging the survivors each time.
 
 >>> import torch, prunekit
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -13,7 +14,8 @@ True
 from prunekit.structured.api import GroupList, PruneResult, groups, prune
 from prunekit.structured.blocks import drop_layers
 from prunekit.structured.importance import Importance
+from prunekit.structured.iterative import prune_iteratively
 from prunekit.structured.slimming import SlimmingPenalty, slimming_penalty
 
 __all__ = ["prune", "groups", "drop_layers", "PruneResult", "Importance", "GroupList", "slimming_penalty",
-           "SlimmingPenalty"]
+           "SlimmingPenalty", "prune_iteratively"]
