@@ -56,3 +56,21 @@ def test_cli_prune_slimming_refusals_name_the_fix(tmp_path):
         main(["prune", "fmnist-vit", "--ratio", "0.3", "--slimming-epochs", "1", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="slimming_penalty\\(model\\) to your own"):
         main(["prune", "timm:test_resnet", "--ratio", "0.3", "--slimming-epochs", "1", "--out", str(tmp_path / "x")])
+
+
+def test_cli_prune_in_rounds_trains_between_the_cuts(tmp_path, capsys):
+    out = tmp_path / "iter.safetensors"
+    main(["prune", "fmnist-resnet", "--target-macs", "0.4", "--rounds", "2", "--finetune-epochs", "0.02",
+          "--limit", "64", "--repeats", "1", "--json", "--out", str(out)])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["prune"]["rounds"] == 2 and [r["steps"] for r in res["prune"]["finetune_rounds"]] == [4, 4]
+    assert abs(res["ratios"]["macs"] - 0.4) <= 0.02 * 0.4
+
+
+def test_cli_prune_rounds_refusals(tmp_path):
+    import pytest
+    with pytest.raises(SystemExit, match="give --finetune-epochs"):
+        main(["prune", "fmnist-resnet", "--ratio", "0.3", "--rounds", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="prune_iteratively with your own"):
+        main(["prune", "timm:test_resnet", "--ratio", "0.3", "--rounds", "2", "--finetune-epochs", "1",
+              "--out", str(tmp_path / "x")])

@@ -2,7 +2,9 @@
 
 ``--slimming-epochs E`` (zoo classifiers with BatchNorm) first trains ``E`` epochs of the built-in
 fine-tune with Network Slimming's L1 penalty on the BatchNorm scales (``--slimming-strength``), then
-prunes by those scales (``--importance`` defaults to ``bn_scale`` then).
+prunes by those scales (``--importance`` defaults to ``bn_scale`` then). ``--rounds K`` cuts in
+``K`` rounds (:func:`prunekit.structured.prune_iteratively`), each followed by ``1/K`` of the
+``--finetune-epochs``.
 
 Prunes a zoo model, ``timm:<name>`` or a saved model, prints dense vs pruned params, MACs, latency
 and task metric in the ``prunekit profile --json`` shape (with ``dense`` and ``ratios``), and saves
@@ -32,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with the dense model as teacher (knowledge distillation)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="cut in this many rounds, each followed by its share of --finetune-epochs")
     p.add_argument("--slimming-epochs", type=float, default=0.0,
                    help="before pruning, train this many epochs with an L1 penalty on BatchNorm scales")
     p.add_argument("--slimming-strength", type=float, default=1e-4, help="the penalty's lambda")
@@ -56,6 +60,7 @@ def run(args) -> int:
     base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
     importance = args.importance or ("bn_scale" if args.slimming_epochs else "l2")
     penalty = _slimming_check(wl, base, args) if args.slimming_epochs else None
+    _rounds_check(base, args)
     evaluate = (lambda m: wl.evaluate(m, limit=args.limit))
     before = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     teacher = copy.deepcopy(wl.model) if args.finetune_epochs and args.distill else None
@@ -64,16 +69,30 @@ def run(args) -> int:
         from prunekit.structured.finetune import finetune
         slimming = {**finetune(wl.model, base, args.slimming_epochs, regularizer=penalty),
                     "strength": args.slimming_strength}
-    res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
-                         importance=importance, scope=args.scope,
-                         units=tuple(u for u in args.units.split(",") if u), round_to=args.round_to,
-                         calib=_calib(wl) if importance == "taylor" else None, on_failure=args.on_failure)
+    options = dict(importance=importance, scope=args.scope, units=tuple(u for u in args.units.split(",") if u),
+                   round_to=args.round_to, calib=_calib(wl) if importance == "taylor" else None,
+                   on_failure=args.on_failure)
+    rounds: list[dict] = []
+    if args.rounds > 1:
+        from prunekit.structured import prune_iteratively
+        from prunekit.structured.finetune import finetune
+
+        def train(model, k):
+            rounds.append(finetune(model, base, args.finetune_epochs / args.rounds, samples=args.finetune_samples,
+                                   teacher=teacher, seed=k))
+        res = prune_iteratively(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
+                                rounds=args.rounds, train=train, **options)[-1]
+    else:
+        res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs, **options)
     info = {"seconds": round(res.seconds, 3), "groups": len(res.decisions),
             "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": importance,
-            "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope, "skipped": res.skipped}
+            "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope, "skipped": res.skipped,
+            "rounds": args.rounds}
     if slimming:
         info["slimming"] = slimming
-    if args.finetune_epochs:
+    if rounds:
+        info["finetune_rounds"] = rounds
+    elif args.finetune_epochs:
         from prunekit.structured.finetune import finetune
         info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples,
                                     teacher=teacher)
@@ -104,3 +123,17 @@ def _slimming_check(wl, base: str, args):
         return slimming_penalty(wl.model, args.slimming_strength)
     except PruningError as e:
         raise SystemExit(f"prunekit prune: {e}") from None
+
+
+def _rounds_check(base: str, args) -> None:
+    """Refuse ``--rounds`` settings that cannot run, before anything is measured."""
+    from prunekit.structured.finetune import FINETUNE_LR
+    if args.rounds < 1:
+        raise SystemExit(f"prunekit prune: --rounds must be >= 1, got {args.rounds}")
+    if args.rounds > 1 and not args.finetune_epochs:
+        raise SystemExit(f"prunekit prune: --rounds {args.rounds} trains between the cuts; give --finetune-epochs "
+                         "(shared out over the rounds)")
+    if args.rounds > 1 and base not in FINETUNE_LR:
+        raise SystemExit(f"prunekit prune: --rounds trains with the built-in fine-tune, which exists for "
+                         f"{sorted(FINETUNE_LR)}, not {base!r}; call prunekit.prune_iteratively with your own "
+                         "train function instead")
