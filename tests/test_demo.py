@@ -40,3 +40,28 @@ def test_local_merge_steps_cut_macs_and_leave_the_dense_model(name, method):
     assert is_patched(merged) and not is_patched(wl.model)
     with torch.no_grad():
         assert merged(*x).shape == wl.model(*x).shape
+
+
+@pytest.mark.skipif("fmnist-resnet" not in read_manifest(), reason="no fmnist-resnet checkpoint shipped")
+def test_during_training_steps_prune_and_leave_the_dense_model(monkeypatch):
+    """The three pruning-during-training rows, with 20 steps of 64 images to an epoch so the test stays short."""
+    import prunekit
+    from prunekit import demo
+    from prunekit.structured import finetune as ft
+    real, steps_of = ft.finetune, (lambda epochs: max(1, round(epochs * 20)))
+    monkeypatch.setattr(ft, "finetune_steps", steps_of)
+    monkeypatch.setattr(ft, "finetune", lambda m, name, epochs, **kw: real(m, name, 1, samples=64 * steps_of(epochs),
+                                                                          batch=64, **kw))
+    wl = load("fmnist-resnet")
+    dense_state = copy.deepcopy(wl.model.state_dict())
+    x = wl.example_inputs
+    steps = {s.method.split(":")[1].split()[0]: s for s in demo.STEPS if s.method.startswith("during training")}
+    assert sorted(steps) == ["50%", "slimming", "sparsity"]
+    sparse = steps["sparsity"].apply(copy.deepcopy(wl.model), wl)
+    assert abs(prunekit.sparsity_report(sparse).total["sparsity"] - 0.9) < 0.01
+    assert not any(prunekit.sparse.is_masked(m) for m in sparse.modules())  # finalized
+    for key in ("slimming", "50%"):
+        pruned = steps[key].apply(copy.deepcopy(wl.model), wl)
+        assert abs(count_macs(pruned, x) / count_macs(wl.model, x) - 0.5) <= 0.03, key
+    for k, v in wl.model.state_dict().items():
+        assert torch.equal(v, dense_state[k]), k

@@ -73,6 +73,41 @@ def _sparsify(sparsity: float, method: str = "magnitude", pattern: str = "unstru
     return apply
 
 
+def _gradual(sparsity: float, epochs: float, ramp: float = 0.5):
+    """Gradual magnitude pruning to ``sparsity`` during ``epochs`` of the built-in fine-tune, then finalize."""
+    def apply(m, wl):
+        import prunekit
+        from prunekit.structured.finetune import finetune, finetune_steps
+        pruner = prunekit.GradualPruner(m, sparsity, end_step=max(2, int(finetune_steps(epochs) * ramp)), every=5)
+        finetune(m, wl.name, epochs, on_step=lambda s: pruner.step())
+        prunekit.finalize(m)
+        return m
+    return apply
+
+
+def _slimming(epochs: float, strength: float = 1e-4, **kw):
+    """Network Slimming: half the epochs with the L1 penalty, a bn_scale cut, half as fine-tune."""
+    def apply(m, wl):
+        import prunekit
+        from prunekit.structured.finetune import finetune
+        finetune(m, wl.name, epochs / 2, regularizer=prunekit.slimming_penalty(m, strength))
+        prunekit.prune(m, wl.example_inputs, importance="bn_scale", **kw)
+        finetune(m, wl.name, epochs / 2, seed=1)
+        return m
+    return apply
+
+
+def _iterative(rounds: int, epochs: float, **kw):
+    """Structured pruning in ``rounds`` cuts with ``epochs / rounds`` of the built-in fine-tune after each."""
+    def apply(m, wl):
+        import prunekit
+        from prunekit.structured.finetune import finetune
+        prunekit.prune_iteratively(m, wl.example_inputs, rounds=rounds,
+                                   train=lambda model, k: finetune(model, wl.name, epochs / rounds, seed=k), **kw)
+        return m
+    return apply
+
+
 def _drop(n: int):
     def apply(m, wl):
         import prunekit
@@ -109,6 +144,11 @@ STEPS: tuple[Step, ...] = (
     Step("fmnist-resnet", "structured: 50% MACs (l2) + 0.2-epoch distilled fine-tune",
          _prune(0.2, target_macs=0.5)),
     Step("fmnist-resnet", "sparsity 70% magnitude", _sparsify(0.7)),
+    Step("fmnist-resnet", "during training: sparsity 0->90% gradual over a 0.2-epoch fine-tune", _gradual(0.9, 0.2)),
+    Step("fmnist-resnet", "during training: slimming 0.1 epoch, bn_scale cut to 50% MACs, 0.1-epoch fine-tune",
+         _slimming(0.2, target_macs=0.5)),
+    Step("fmnist-resnet", "during training: 50% MACs in 2 cuts, 0.1-epoch fine-tune after each",
+         _iterative(2, 0.2, target_macs=0.5)),
     Step("fmnist-vit", "structured: ratio 0.3, channels+heads (l2, one-shot)", _prune(ratio=0.3)),
     Step("fmnist-vit", "sparsity 50% magnitude", _sparsify(0.5)),
     Step("fmnist-vit", "drop 2 of 12 blocks", _drop(2)),
