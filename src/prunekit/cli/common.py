@@ -18,6 +18,14 @@ def add_measure_args(p) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed runs per latency measurement")
 
 
+def require_finetune(command: str, flag: str, base: str, instead: str) -> None:
+    """Exit, naming the fix, unless zoo model ``base`` has the built-in fine-tune that ``flag`` trains with."""
+    from prunekit.structured.finetune import FINETUNE_LR
+    if base not in FINETUNE_LR:
+        raise SystemExit(f"prunekit {command}: {flag} trains with the built-in fine-tune, which exists for "
+                         f"{sorted(FINETUNE_LR)}, not {base!r}; {instead} instead")
+
+
 def resolve_model(spec: str) -> Workload:
     """A zoo name, ``timm:<name>`` (random weights offline unless cached) or a saved model path."""
     if spec in NAMES:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 
-from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
+from prunekit.cli.common import add_measure_args, compare, print_result, require_finetune, resolve_model
 
 
 def register(sub) -> None:
@@ -114,11 +114,8 @@ def _slimming_check(wl, base: str, args):
     """The Network Slimming penalty for ``wl``'s model, or a clear exit before anything is measured."""
     from prunekit.errors import PruningError
     from prunekit.structured import slimming_penalty
-    from prunekit.structured.finetune import FINETUNE_LR
-    if base not in FINETUNE_LR:
-        raise SystemExit(f"prunekit prune: --slimming-epochs trains with the built-in fine-tune, which exists for "
-                         f"{sorted(FINETUNE_LR)}, not {base!r}; add prunekit.slimming_penalty(model) to your own "
-                         "training loss instead")
+    require_finetune("prune", "--slimming-epochs", base, "add prunekit.slimming_penalty(model) to your own "
+                     "training loss")
     try:
         return slimming_penalty(wl.model, args.slimming_strength)
     except PruningError as e:
@@ -127,13 +124,10 @@ def _slimming_check(wl, base: str, args):
 
 def _rounds_check(base: str, args) -> None:
     """Refuse ``--rounds`` settings that cannot run, before anything is measured."""
-    from prunekit.structured.finetune import FINETUNE_LR
     if args.rounds < 1:
         raise SystemExit(f"prunekit prune: --rounds must be >= 1, got {args.rounds}")
     if args.rounds > 1 and not args.finetune_epochs:
         raise SystemExit(f"prunekit prune: --rounds {args.rounds} trains between the cuts; give --finetune-epochs "
                          "(shared out over the rounds)")
-    if args.rounds > 1 and base not in FINETUNE_LR:
-        raise SystemExit(f"prunekit prune: --rounds trains with the built-in fine-tune, which exists for "
-                         f"{sorted(FINETUNE_LR)}, not {base!r}; call prunekit.prune_iteratively with your own "
-                         "train function instead")
+    if args.rounds > 1:
+        require_finetune("prune", "--rounds", base, "call prunekit.prune_iteratively with your own train function")

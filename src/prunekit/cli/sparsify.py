@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
+from prunekit.cli.common import add_measure_args, compare, print_result, require_finetune, resolve_model
 from prunekit.measure import profile
 from prunekit.zoo import NAMES
 
@@ -109,11 +109,8 @@ def run(args) -> int:
 
 def _check_gradual(args, base: str) -> None:
     """Refuse ``--gradual-*`` settings that cannot work, before the (slow) dense profile."""
-    from prunekit.structured.finetune import FINETUNE_LR
-    if base not in FINETUNE_LR:
-        raise SystemExit(f"prunekit sparsify: --gradual-epochs trains with the built-in fine-tune, which exists for "
-                         f"{sorted(FINETUNE_LR)}, not {base!r}; use prunekit.sparse.GradualPruner in your own "
-                         "training loop instead")
+    require_finetune("sparsify", "--gradual-epochs", base, "use prunekit.sparse.GradualPruner in your own "
+                     "training loop")
     from prunekit.sparse.masks import parse_pattern
     if parse_pattern(args.pattern).kind == "nm":
         raise SystemExit(f"prunekit sparsify: pattern {args.pattern} fixes the sparsity, so there is nothing to "
