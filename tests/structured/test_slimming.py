@@ -49,12 +49,19 @@ def test_a_model_without_batchnorm_is_refused_with_the_fix():
 
 def test_training_with_the_penalty_switches_off_the_channels_the_loss_does_not_need():
     """The target needs one input channel's mean, so most of the 16 channels are spare: with the L1 term
-    their scales go to zero, without it they do not; bn_scale then removes exactly the smallest."""
+    their scales fall below 1e-2, without it none do; bn_scale then removes exactly the smallest, and the
+    cut costs the penalised model far less than the unpenalised one.
+
+    Asserted as properties with margin, not as a near-equality of outputs: the trained values depend on
+    the CPU's reduction order (measured here: share 0.54-0.79 for strengths 0.008-0.012 at 1 and 2 threads,
+    post-cut MSE 0.004-0.009 against 0.039 without the penalty), and a cut channel's BatchNorm shift
+    still feeds the next layer, so outputs move by a few hundredths even when its scale is ~0.
+    """
     torch.manual_seed(0)
     x = torch.randn(256, 3, 6, 6)
     y = x[:, 0].mean((1, 2))[:, None].expand(-1, 4).contiguous()
-    runs = {}
-    for strength in (0.0, 0.05):
+    runs, cut_loss = {}, {}
+    for strength in (0.0, 0.01):
         net = _net()
         pen = slimming_penalty(net, strength)
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
@@ -62,16 +69,18 @@ def test_training_with_the_penalty_switches_off_the_channels_the_loss_does_not_n
             opt.zero_grad()
             (nn.functional.mse_loss(net(x), y) + pen()).backward()
             opt.step()
-        runs[strength] = net
-    assert scale_share_below(runs[0.05], 1e-2) > 0.4 > scale_share_below(runs[0.0], 1e-2)
-    net = runs[0.05].eval()
-    gammas = net[1].weight.detach().abs()
+        runs[strength] = net.eval()
+    assert scale_share_below(runs[0.01], 1e-2) > 0.4 > 0.1 > scale_share_below(runs[0.0], 1e-2)
+    gammas = runs[0.01][1].weight.detach().abs()
     keep = set(gammas.argsort(descending=True)[:8].tolist())
-    kernels = net[0].weight.detach()[sorted(keep)]
-    ref = net(x[:8])
-    prunekit.prune(net, (x[:1],), ratio=0.5, importance="bn_scale", scope="local")
-    assert net[0].out_channels == 8 and torch.equal(net[0].weight.detach(), kernels)
-    assert torch.allclose(net(x[:8]), ref, atol=5e-2)  # the channels it cut were (nearly) off already
+    kernels = runs[0.01][0].weight.detach()[sorted(keep)]
+    for strength, net in runs.items():
+        prunekit.prune(net, (x[:1],), ratio=0.5, importance="bn_scale", scope="local")
+        with torch.no_grad():
+            cut_loss[strength] = float(nn.functional.mse_loss(net(x), y))
+    assert runs[0.01][0].out_channels == 8 and torch.equal(runs[0.01][0].weight.detach(), kernels)
+    assert cut_loss[0.01] < 0.5 * cut_loss[0.0]  # the channels it cut were (nearly) off already
+    assert cut_loss[0.01] < 0.5 * float(y.var())
 
 
 def test_fit_adds_the_regularizer_to_every_step():
