@@ -132,3 +132,19 @@ def test_efficientformerv2_attention_value_width_follows_its_pruned_projection()
     assert res.macs_after <= 0.8 * res.macs_before
     assert attns and all(m.dh == m.v.conv.out_channels == m.num_heads * m.d for m in attns)
     assert any(m.dh < b for m, b in zip(attns, before, strict=True))
+
+
+def test_a_sparsity_mask_is_cut_with_its_weight():
+    from torch import nn
+    import prunekit
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    prunekit.sparsify(net, 0.5)
+    masks = [net[0].weight_mask.clone()]  # the output layer is left dense by default
+    res = prunekit.prune(net, (torch.randn(2, 8),), ratio=0.5)
+    kept = [16 - len(d["removed"]) for d in res.decisions]
+    idx = torch.tensor(sorted(set(range(16)) - set(res.decisions[0]["removed"])))
+    assert kept == [8] and net[0].weight_mask.shape == (8, 8)
+    assert torch.equal(net[0].weight_mask, masks[0][idx])
+    net(torch.randn(2, 8))  # the mask hooks still apply
+    assert torch.equal(net[0].weight == 0, ~net[0].weight_mask | (net[0].weight == 0))

@@ -83,6 +83,12 @@ def apply_keep(model: nn.Module, trace: TraceResult, keep: dict) -> dict[str, tu
         for m, k, is_param in owners.get(id(t), []):
             if is_param:
                 m._parameters[k] = nn.Parameter(new, requires_grad=t.requires_grad)
+                mask = m._buffers.get(f"{k}_mask")  # a sparsity mask (prunekit.sparse.masking) is cut the same way
+                if mask is not None and mask.shape == t.shape:
+                    for d, idx in enumerate(idxs):
+                        if idx is not None:
+                            mask = mask.index_select(d, idx.to(mask.device))
+                    m._buffers[f"{k}_mask"] = mask.clone()
             else:
                 m._buffers[k] = new
         # tied weights: the same new Parameter object for all holders

@@ -401,6 +401,7 @@ class Trainer:
             cb.on_train_end(self)
         if self._sync:
             self._apply_sync()
+        D.broadcast_module(self.model)  # BatchNorm statistics too: each rank's last forward updated its own
         if cfg.checkpoint_dir:
             ckpt.save(self, cfg.checkpoint_dir, final=True)
         self.model.eval()
