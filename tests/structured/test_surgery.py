@@ -136,6 +136,7 @@ def test_efficientformerv2_attention_value_width_follows_its_pruned_projection()
 
 def test_a_sparsity_mask_is_cut_with_its_weight():
     from torch import nn
+
     import prunekit
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))

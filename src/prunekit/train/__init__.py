@@ -25,7 +25,7 @@ from prunekit.train.callbacks import (
     SoftFilterPruning,
     hf_callback,
 )
-from prunekit.train.loop import FitResult, Trainer, TrainConfig, evaluate, fit
+from prunekit.train.loop import FitResult, TrainConfig, Trainer, evaluate, fit
 
 __all__ = ["fit", "evaluate", "TrainConfig", "FitResult", "Trainer", "Callback", "LoopState", "LossTerm", "OnStep",
            "GradualPruning", "Slimming", "GroupLasso", "SoftFilterPruning", "IterativeCuts", "hf_callback"]

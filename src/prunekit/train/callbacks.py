@@ -76,6 +76,7 @@ class LoopState:
     lr: float = 0.0
     example_inputs: Any = None
     world_size: int = 1
+    optimizer: Any = None
 
     def model_changed(self, structure: bool = False) -> None:
         from prunekit.train import distributed
@@ -137,6 +138,12 @@ class GradualPruning(Callback):
         if self.pruner.step() is not None:
             trainer.model_changed()  # rank 0's masks and weights everywhere
 
+    @torch.no_grad()
+    def on_train_end(self, trainer):
+        from prunekit.sparse.masking import MASK_NAME, masked_modules
+        for _, m in masked_modules(trainer.model):  # an optimizer with pre-pruning state moved them since
+            m.weight.mul_(getattr(m, MASK_NAME))
+
     def state_dict(self):
         return self.pruner.state_dict() if self.pruner is not None else {}
 
@@ -144,8 +151,28 @@ class GradualPruning(Callback):
         self._state = state or None
 
 
-def _soft_threshold_(w: torch.Tensor, amount: float) -> None:
+def _soft_threshold_(w: torch.Tensor, amount: float | torch.Tensor) -> None:
     w.copy_(w.sign() * (w.abs() - amount).clamp_min(0.0))
+
+
+def _preconditioner(opt: torch.optim.Optimizer | None, p: torch.Tensor) -> float | torch.Tensor:
+    """``1 / (sqrt(v_hat) + eps)`` of Adam/AdamW for ``p`` (1.0 for other optimizers, or before the first step).
+
+    The threshold of a proximal step must live in the optimizer's metric: Adam moves every weight by
+    about ``lr`` per step whatever its gradient's size, so a plain ``lr * strength`` threshold either
+    loses to it everywhere or wins everywhere. Scaled by Adam's preconditioner, the L1 pull is strong on
+    scales whose gradients are small (the channels the loss does not need) and weak where the loss
+    defends a scale: the proximal form of putting ``strength * sign(gamma)`` into Adam's gradient.
+    """
+    if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+        return 1.0
+    state = opt.state.get(p)
+    if not state or "exp_avg_sq" not in state:
+        return 1.0
+    group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+    beta2, eps = group["betas"][1], group["eps"]
+    v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+    return 1.0 / (v_hat.sqrt() + eps)
 
 
 class Slimming(Callback):
@@ -171,25 +198,38 @@ class Slimming(Callback):
     @torch.no_grad()
     def on_step_end(self, trainer):
         if self.proximal:
+            opt = getattr(trainer, "optimizer", None)
             for _, w in self._scales(trainer.model).scales:
-                _soft_threshold_(w, trainer.lr * self.strength)
+                _soft_threshold_(w, trainer.lr * self.strength * _preconditioner(opt, w))
+
+
+def _unit_sums(group, tensors: dict[str, torch.Tensor], fn, producers_only: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit of ``group``: the sum of ``fn(name, tensor)`` over every slice it owns, and the element count."""
+    total = count = None
+    for occ in group.occurrences:
+        if occ.is_buffer or occ.name not in tensors:
+            continue
+        t = tensors[occ.name]
+        if producers_only and not (t.dim() > 1 and occ.dim == 0):
+            continue
+        v = fn(occ.name, t)
+        per = v.numel() // v.shape[occ.dim] if v.dim() > 0 else 1
+        red = v.transpose(0, occ.dim).reshape(v.shape[occ.dim], -1).sum(1) if v.dim() > 1 else v
+        mask = occ.owner >= 0
+        own = occ.owner[mask].to(red.device)
+        part = torch.zeros(group.size, dtype=red.dtype, device=red.device).index_add(0, own, red[mask])
+        n = torch.zeros(group.size, dtype=red.dtype, device=red.device).index_add(
+            0, own, torch.full_like(red[mask], float(per)))
+        total, count = (part, n) if total is None else (total + part, count + n)
+    if total is None:
+        return torch.zeros(group.size), torch.zeros(group.size)
+    return total, count
 
 
 def _unit_norms(group, params: dict[str, torch.Tensor], producers_only: bool = False) -> torch.Tensor:
     """Per-unit L2 norm over the group's slices (differentiable), optionally over producer rows only."""
-    sq = None
-    for occ in group.occurrences:
-        if occ.is_buffer or occ.name not in params:
-            continue
-        t = params[occ.name]
-        if producers_only and not (t.dim() > 1 and occ.dim == 0):
-            continue
-        red = t.pow(2).transpose(0, occ.dim).reshape(t.shape[occ.dim], -1).sum(1) if t.dim() > 1 else t.pow(2)
-        mask = occ.owner >= 0
-        part = torch.zeros(group.size, dtype=red.dtype, device=red.device).index_add(0, occ.owner[mask].to(red.device),
-                                                                                 red[mask])
-        sq = part if sq is None else sq + part
-    return torch.zeros(group.size) if sq is None else sq.sqrt()
+    return _unit_sums(group, params, lambda n, t: t.pow(2), producers_only)[0].sqrt()
 
 
 @torch.no_grad()
@@ -202,7 +242,8 @@ def _scale_units_(group, params: dict[str, torch.Tensor], factor: torch.Tensor, 
         if producers_only and not (t.dim() > 1 and occ.dim == 0):
             continue
         own = occ.owner.to(t.device)
-        per_pos = torch.where(own >= 0, factor.to(t.device, t.dtype)[own.clamp_min(0)], torch.ones_like(own, dtype=t.dtype))
+        per_pos = torch.where(own >= 0, factor.to(t.device, t.dtype)[own.clamp_min(0)],
+                              torch.ones_like(own, dtype=t.dtype))
         shape = [1] * t.dim()
         shape[occ.dim] = -1
         t.mul_(per_pos.view(shape))
@@ -239,10 +280,16 @@ class GroupLasso(Callback):
     @torch.no_grad()
     def on_step_end(self, trainer):
         params = dict(trainer.model.named_parameters())
-        amount = trainer.lr * self.strength
+        opt = getattr(trainer, "optimizer", None)
         for g in self._groups(trainer):
-            norms = _unit_norms(g, params)
-            _scale_units_(g, params, (1 - amount / norms.clamp_min(1e-12)).clamp_min(0.0))
+            sq, n = _unit_sums(g, params, lambda name, t: t.pow(2))
+            # Adam's metric for the unit as a whole: 1 / sqrt(mean second moment over its elements)
+            v, _ = _unit_sums(g, params, lambda name, t: torch.as_tensor(
+                _preconditioner(opt, t), dtype=t.dtype).expand_as(t).pow(-2))
+            pre = 1.0 / (v / n.clamp_min(1)).sqrt().clamp_min(1e-12)
+            # the threshold grows with sqrt(elements) (the group-lasso weight) and lives in Adam's metric
+            amount = trainer.lr * self.strength * n.sqrt() * pre
+            _scale_units_(g, params, (1 - amount / sq.sqrt().clamp_min(1e-12)).clamp_min(0.0))
 
     def share_zero(self, model: nn.Module) -> float:
         """Fraction of channel units whose whole group vector is exactly zero."""
@@ -364,6 +411,7 @@ def hf_callback(*callbacks: Callback):
                 self.state = LoopState(model)
             self.state.model, self.state.step, self.state.total_steps, self.state.lr = \
                 model, state.global_step, max(1, state.max_steps), lr
+            self.state.optimizer = opt
             return self.state
 
         def on_train_begin(self, args, state, control, model=None, **kw):

@@ -338,7 +338,7 @@ class Trainer:
             self._apply_sync()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.desc, file=sys.stderr, mininterval=5,
                    disable=not cfg.progress or self.rank != 0)
-        t0, images, loss_ema, probe = time.perf_counter(), 0, float("nan"), 0.0
+        t0, images, loss_ema = time.perf_counter(), 0, float("nan")
         parts: dict[str, float] = {}
         self.wrapped.train()
         while self.step < self.total_steps:
@@ -361,8 +361,8 @@ class Trainer:
                         if term is not None:
                             loss = loss + term
                 if not torch.isfinite(loss):
-                    raise PruningError("model", "train", f"the loss became {float(loss.detach())} at step {self.step}; lower "
-                                       "the learning rate or check the data")
+                    raise PruningError("model", "train", f"the loss became {float(loss.detach())} at step "
+                                       f"{self.step}; lower the learning rate or check the data")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:
