@@ -7,8 +7,9 @@ steps, at epoch ends and when training ends. The ones shipped:
   (:class:`prunekit.GradualPruner`);
 - :class:`Slimming`: Network Slimming (Liu et al., 2017). ``proximal=True`` (the default) applies the
   L1 term as a decoupled soft-threshold step on the BatchNorm scales after each optimizer step,
-  ``gamma <- sign(gamma) * max(|gamma| - lr * strength, 0)``, so scales reach exactly zero under
-  AdamW too (Adam's per-parameter normalisation cancels a plain L1 gradient's pull);
+  ``gamma <- sign(gamma) * max(|gamma| - t, 0)`` with ``t = lr * strength`` (SGD) or that divided by
+  Adam's ``sqrt(v_hat) + eps`` (Adam/AdamW), so scales reach exactly zero under AdamW too (Adam's
+  per-parameter normalisation cancels a plain L1 gradient's pull);
 - :class:`GroupLasso`: DepGraph-style group-norm sparsity (Fang et al., CVPR 2023): the same proximal
   step on each coupled group's unit vectors (every slice a channel owns, across layers), so whole
   channels go to zero together;

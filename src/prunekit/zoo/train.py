@@ -22,6 +22,7 @@ from tqdm import tqdm
 from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, motion_items, normalize
 from prunekit.data.mosaic import on_texture
 from prunekit.data.mosaic_stream import draw_params, render
+from prunekit.train.loop import FitResult  # the trainer's result (steps, seconds, last loss, last lr)
 from prunekit.zoo import models
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, load_adding_heads, transfer_vit
@@ -127,14 +128,6 @@ def _stream(items: torch.Tensor, labels: torch.Tensor, batch: int, steps: int, s
         for _ in range(steps):
             yield _seg_augment(*render(draw_params(batch, g, items.shape[0]), items, labels), shift, g)
     return batches
-
-
-@dataclass
-class FitResult:
-    steps: int
-    seconds: float
-    last_loss: float
-    last_lr: float = float("nan")
 
 
 _PROBE = (10, 60)  # steps between which fit times itself when given a budget
