@@ -33,9 +33,9 @@ import prunekit  # noqa: E402
 from prunekit.measure import count_macs, count_params  # noqa: E402
 from prunekit.sparse import GradualPruner  # noqa: E402
 from prunekit.structured import prune_iteratively, slimming_penalty  # noqa: E402
-from prunekit.structured.finetune import finetune, finetune_steps  # noqa: E402
 from prunekit.structured.slimming import scale_share_below  # noqa: E402
 from prunekit.zoo import load  # noqa: E402
+from prunekit.zoo.finetune import finetune, finetune_steps  # noqa: E402
 
 NAME = "fmnist-resnet"
 

@@ -31,8 +31,8 @@ from common import RESULTS, write_result  # noqa: E402
 import prunekit  # noqa: E402
 from prunekit.data import load_fashion_mnist, normalize  # noqa: E402
 from prunekit.measure import compare_latency, count_macs, count_params  # noqa: E402
-from prunekit.structured.finetune import finetune  # noqa: E402
 from prunekit.zoo import load  # noqa: E402
+from prunekit.zoo.finetune import finetune  # noqa: E402
 
 CRITERIA = ["l2", "l1", "bn_scale", "taylor", "random"]
 

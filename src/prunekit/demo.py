@@ -57,7 +57,7 @@ def _prune(finetune_epochs: float = 0.0, **kw):
         import prunekit
         prunekit.prune(m, wl.example_inputs, **kw)
         if finetune_epochs:
-            from prunekit.structured.finetune import finetune
+            from prunekit.zoo.finetune import finetune
             finetune(m, wl.name, finetune_epochs, teacher=wl.model)
         return m
     return apply
@@ -77,7 +77,7 @@ def _gradual(sparsity: float, epochs: float, ramp: float = 0.5):
     """Gradual magnitude pruning to ``sparsity`` during ``epochs`` of the built-in fine-tune, then finalize."""
     def apply(m, wl):
         import prunekit
-        from prunekit.structured.finetune import finetune, finetune_steps
+        from prunekit.zoo.finetune import finetune, finetune_steps
         pruner = prunekit.GradualPruner(m, sparsity, end_step=max(2, int(finetune_steps(epochs) * ramp)), every=5)
         finetune(m, wl.name, epochs, on_step=lambda s: pruner.step())
         prunekit.finalize(m)
@@ -89,7 +89,7 @@ def _slimming(epochs: float, strength: float = 1e-4, **kw):
     """Network Slimming: half the epochs with the L1 penalty, a bn_scale cut, half as fine-tune."""
     def apply(m, wl):
         import prunekit
-        from prunekit.structured.finetune import finetune
+        from prunekit.zoo.finetune import finetune
         finetune(m, wl.name, epochs / 2, regularizer=prunekit.slimming_penalty(m, strength))
         prunekit.prune(m, wl.example_inputs, importance="bn_scale", **kw)
         finetune(m, wl.name, epochs / 2, seed=1)
@@ -101,7 +101,7 @@ def _iterative(rounds: int, epochs: float, **kw):
     """Structured pruning in ``rounds`` cuts with ``epochs / rounds`` of the built-in fine-tune after each."""
     def apply(m, wl):
         import prunekit
-        from prunekit.structured.finetune import finetune
+        from prunekit.zoo.finetune import finetune
         prunekit.prune_iteratively(m, wl.example_inputs, rounds=rounds,
                                    train=lambda model, k: finetune(model, wl.name, epochs / rounds, seed=k), **kw)
         return m

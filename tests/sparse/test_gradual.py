@@ -129,8 +129,8 @@ def test_bad_arguments_raise_before_anything_changes(cnn, kwargs, match):
 
 
 def test_finetune_hook_prunes_a_zoo_model_while_it_trains():
-    from prunekit.structured.finetune import finetune, finetune_steps
     from prunekit.zoo import build
+    from prunekit.zoo.finetune import finetune, finetune_steps
     torch.manual_seed(0)
     model = build("fmnist-resnet")
     steps = finetune_steps(2, batch=64, samples=256)

@@ -84,8 +84,8 @@ def test_training_with_the_penalty_switches_off_the_channels_the_loss_does_not_n
 
 
 def test_fit_adds_the_regularizer_to_every_step():
-    from prunekit.structured.finetune import finetune
     from prunekit.zoo import build
+    from prunekit.zoo.finetune import finetune
     norms = []
     for strength in (0.0, 1e-2):
         torch.manual_seed(0)

@@ -20,7 +20,7 @@ def add_measure_args(p) -> None:
 
 def require_finetune(command: str, flag: str, base: str, instead: str) -> None:
     """Exit, naming the fix, unless zoo model ``base`` has the built-in fine-tune that ``flag`` trains with."""
-    from prunekit.structured.finetune import FINETUNE_LR
+    from prunekit.zoo.finetune import FINETUNE_LR
     if base not in FINETUNE_LR:
         raise SystemExit(f"prunekit {command}: {flag} trains with the built-in fine-tune, which exists for "
                          f"{sorted(FINETUNE_LR)}, not {base!r}; {instead} instead")

@@ -66,7 +66,7 @@ def run(args) -> int:
     teacher = copy.deepcopy(wl.model) if args.finetune_epochs and args.distill else None
     slimming = None
     if penalty is not None:
-        from prunekit.structured.finetune import finetune
+        from prunekit.zoo.finetune import finetune
         slimming = {**finetune(wl.model, base, args.slimming_epochs, regularizer=penalty),
                     "strength": args.slimming_strength}
     options = dict(importance=importance, scope=args.scope, units=tuple(u for u in args.units.split(",") if u),
@@ -75,7 +75,7 @@ def run(args) -> int:
     rounds: list[dict] = []
     if args.rounds > 1:
         from prunekit.structured import prune_iteratively
-        from prunekit.structured.finetune import finetune
+        from prunekit.zoo.finetune import finetune
 
         def train(model, k):
             rounds.append(finetune(model, base, args.finetune_epochs / args.rounds, samples=args.finetune_samples,
@@ -93,7 +93,7 @@ def run(args) -> int:
     if rounds:
         info["finetune_rounds"] = rounds
     elif args.finetune_epochs:
-        from prunekit.structured.finetune import finetune
+        from prunekit.zoo.finetune import finetune
         info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples,
                                     teacher=teacher)
     after = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)

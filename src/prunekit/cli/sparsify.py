@@ -122,7 +122,7 @@ def _check_gradual(args, base: str) -> None:
 def _gradual(model, base: str, args, options: dict):
     """Fine-tune ``model`` for ``--gradual-epochs`` while a :class:`GradualPruner` raises its sparsity."""
     from prunekit.sparse import GradualPruner
-    from prunekit.structured.finetune import finetune, finetune_steps
+    from prunekit.zoo.finetune import finetune, finetune_steps
     steps = finetune_steps(args.gradual_epochs)
     end = max(2, int(round(steps * args.gradual_ramp)))
     if end > steps:

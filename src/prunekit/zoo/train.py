@@ -9,15 +9,12 @@ recorded in the manifest.
 from __future__ import annotations
 
 import contextlib
-import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, motion_items, normalize
 from prunekit.data.mosaic import on_texture
@@ -130,99 +127,34 @@ def _stream(items: torch.Tensor, labels: torch.Tensor, batch: int, steps: int, s
     return batches
 
 
-_PROBE = (10, 60)  # steps between which fit times itself when given a budget
-
-
 def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_epoch: int,
         seed: int = 0, weight_decay: float = 0.05, label_smoothing: float = 0.1, desc: str = "train",
         teacher: nn.Module | None = None, distill: float = 0.5, temperature: float = 2.0,
         device: str | torch.device | None = None, budget_s: float | None = None,
         regularizer: Callable[[], torch.Tensor] | None = None,
         on_step: Callable[[int], object] | None = None) -> FitResult:
-    """AdamW with linear warm-up and cosine decay; ``epochs`` may be fractional.
+    """The recipes' call into :func:`prunekit.train.fit` (AdamW, linear warm-up and cosine decay,
+    clipping at 1, label smoothing); ``epochs`` may be fractional.
 
     With a ``teacher`` (a trained model of the same task, kept frozen), the loss mixes the label loss
     with ``distill`` times the soft-target KL divergence at ``temperature`` (Hinton et al.; DeiT's
     recipe for data-starved ViTs). Batches of three carry the teacher's logits precomputed
     (:func:`teacher_logits`), which distils at no teacher cost per step.
 
-    ``device``: train there (batches are moved there unless built there, as :func:`_stream`'s are; an
-    explicit CUDA device runs under bf16 autocast); the model stays there afterwards. ``budget_s``:
-    time steps 10-60, then shorten the run (the warm-up and cosine schedule with it) so that it fits
-    the budget; the returned ``steps`` say how many ran.
-
-    ``regularizer``: a term added to every step's loss (e.g. Network Slimming's
-    :func:`prunekit.structured.slimming_penalty`); ``on_step``: called with the step count after every
-    optimizer step (e.g. :meth:`prunekit.sparse.GradualPruner.step`, which prunes while training).
+    ``device``: train there (an explicit CUDA device runs under bf16 autocast); the model stays there
+    afterwards. ``budget_s``: time steps 10-60, then shorten the run so that it fits the budget.
+    ``regularizer``: a term added to every step's loss; ``on_step``: called with the step count after
+    every optimizer step.
     """
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(dev)
-    if teacher is not None:
-        teacher.to(dev)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
-        if device is not None and dev.type == "cuda" else contextlib.nullcontext
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or "pos_embed" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    total = max(1, int(epochs * steps_per_epoch))
-    plan = {"total": total, "warm": min(200, total // 10)}  # the schedule reads it, so a budget can shorten it
-
-    def lr_factor(s: int) -> float:
-        t, w = plan["total"], plan["warm"]
-        return (s + 1) / w if s < w else 0.5 * (1 + math.cos(math.pi * min(s - w, t - w) / max(1, t - w)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model.train()
-    step, t0, loss_ema, probe_start = 0, time.time(), float("nan"), 0.0
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, mininterval=5)
-    while step < plan["total"]:
-        for xb, yb, *tb in batches(g):
-            xb, yb, tb = xb.to(dev), yb.to(dev), [t.to(dev) for t in tb]
-            with autocast():
-                out = model(xb)
-                loss = nn.functional.cross_entropy(out.float(), yb, label_smoothing=label_smoothing)
-                if teacher is not None or tb:
-                    target = tb[0] if tb else _logits_of(teacher, xb)
-                    loss = (1 - distill) * loss + distill * _soft_loss(out.float(), target.float(), temperature)
-                if regularizer is not None:
-                    loss = loss + regularizer()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if on_step is not None:
-                on_step(step)
-            loss_ema = loss.item() if math.isnan(loss_ema) else 0.98 * loss_ema + 0.02 * loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
-            if budget_s and step == _PROBE[0]:
-                probe_start = time.perf_counter()
-            elif budget_s and step == _PROBE[1]:  # loss.item() synchronised, so the clock is true
-                per_step = max(1e-6, (time.perf_counter() - probe_start) / (_PROBE[1] - _PROBE[0]))
-                left = budget_s - (time.time() - t0)
-                plan["total"] = max(step, min(total, step + int(left / per_step)))
-                plan["warm"] = min(plan["warm"], plan["total"] // 10)
-                bar.total = plan["total"]
-            if step >= plan["total"]:
-                break
-    bar.close()
-    model.eval()
-    return FitResult(step, time.time() - t0, loss_ema, opt.param_groups[0]["lr"])
-
-
-@torch.no_grad()
-def _logits_of(teacher: nn.Module, xb: torch.Tensor) -> torch.Tensor:
-    return teacher(xb)
-
-
-def _soft_loss(out: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
-    target = nn.functional.log_softmax(teacher_logits / t, dim=1)
-    student = nn.functional.log_softmax(out / t, dim=1)
-    return nn.functional.kl_div(student, target, log_target=True, reduction="batchmean") * t * t
+    from prunekit.train import LossTerm, OnStep
+    from prunekit.train import fit as train_fit
+    callbacks = ([LossTerm(regularizer)] if regularizer is not None else []) + \
+        ([OnStep(on_step)] if on_step is not None else [])
+    dev = device if device is not None else next(model.parameters()).device
+    return train_fit(model, batches, epochs=epochs, lr=lr, steps_per_epoch=steps_per_epoch, seed=seed,
+                     weight_decay=weight_decay, label_smoothing=label_smoothing, desc=desc, teacher=teacher,
+                     distill_weight=distill, temperature=temperature, budget_s=budget_s, callbacks=callbacks,
+                     device=dev, channels_last=False)
 
 
 def _fmnist(n: int | None = None):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.structured.finetune import finetune
 from prunekit.zoo import build
+from prunekit.zoo.finetune import finetune
 
 
 @pytest.mark.parametrize("distill", [False, True])
@@ -26,7 +26,7 @@ def test_finetune_runs_the_requested_steps_and_keeps_the_pruned_shape(distill):
 
 
 def test_finetune_rejects_models_without_a_recipe():
-    with pytest.raises(ValueError, match="no fine-tune recipe"):
+    with pytest.raises(prunekit.PruningError, match="no built-in fine-tune recipe"):
         finetune(build("fmnist-resnet"), "minilm")
 
 
