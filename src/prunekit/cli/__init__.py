@@ -11,7 +11,7 @@ import sys
 __all__ = ["main", "COMMANDS"]
 
 # One module per subcommand (prunekit.cli.<name>); each defines register(subparsers).
-COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune")
+COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    return int(args.func(args) or 0)
+    from prunekit.errors import PruningError
+    try:
+        return int(args.func(args) or 0)
+    except PruningError as e:  # bad input: one line naming the problem and the fix, no traceback
+        print(f"prunekit {args.command}: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code if e.code.startswith("prunekit") else f"prunekit {args.command}: {e.code}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prunekit.errors import PruningError
 from prunekit.zoo import NAMES, Workload
 from prunekit.zoo import load as load_zoo
 
@@ -26,16 +27,39 @@ def require_finetune(command: str, flag: str, base: str, instead: str) -> None:
                          f"{sorted(FINETUNE_LR)}, not {base!r}; {instead} instead")
 
 
+def _hf(path: str, meta: dict | None = None, model=None) -> Workload:
+    """A Hugging Face sequence classifier (``from_pretrained``) with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if model is None:
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    example = dict(tokenizer(["a short example sentence"], return_tensors="pt"))
+    return Workload(f"hf:{path}", model, example, lambda m, limit=None: {}, "hf", "", {"tokenizer": tokenizer,
+                                                                                        **(meta or {})})
+
+
+def _saved_input(meta: dict) -> tuple:
+    import torch
+    return (torch.randn(1, *meta.get("input_size", (3, 224, 224))),)
+
+
 def resolve_model(spec: str) -> Workload:
-    """A zoo name, ``timm:<name>`` (random weights offline unless cached) or a saved model path."""
+    """A zoo name, ``timm:<name>`` (random weights offline unless cached), ``hf:<dir or hub id>`` (a
+    Hugging Face sequence classifier) or a saved prunekit file (``input_size`` in its metadata sets the
+    example input; a file saved from ``hf:`` comes back with its tokenizer)."""
     if spec in NAMES:
         return load_zoo(spec)
     if spec.startswith("timm:"):
         import timm
-        import torch
         model = timm.create_model(spec[5:], pretrained=False).eval()
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
-        return Workload(spec, model, (torch.randn(1, *size),), lambda m, limit=None: {}, "timm", "")
+        return Workload(spec, model, _saved_input({"input_size": size}), lambda m, limit=None: {}, "timm", "")
+    if spec.startswith("hf:"):
+        path = spec[3:]
+        if spec == "hf:minilm":
+            from prunekit.zoo.minilm import model_path
+            path = model_path()
+        return _hf(path)
     if Path(spec).exists():
         import prunekit
         model = prunekit.load(spec)
@@ -44,8 +68,11 @@ def resolve_model(spec: str) -> Workload:
         if base in NAMES:
             wl = load_zoo(base)
             return Workload(spec, model.eval(), wl.example_inputs, wl.evaluate, wl.task, wl.metric_key, meta)
-        raise SystemExit(f"{spec}: saved model has no zoo workload recorded; profile it from Python instead")
-    raise SystemExit(f"unknown model {spec!r}: use a zoo name ({', '.join(NAMES)}), timm:<name> or a saved path")
+        if meta.get("hf"):
+            return _hf(meta["hf"], meta, model.eval())
+        return Workload(spec, model.eval(), _saved_input(meta), lambda m, limit=None: {}, "model", "", meta)
+    raise PruningError(spec, "load the model", f"unknown model; use a zoo name ({', '.join(NAMES)}), timm:<name>, "
+                       "hf:<dir or hub id> or the path of a saved prunekit file")
 
 
 def compare(before: dict, after: dict) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 
 from prunekit.cli.common import add_measure_args, compare, print_result, require_finetune, resolve_model
+from prunekit.cli.recover import add_train_args, prepare, recover, saved_meta, validate
 
 
 def register(sub) -> None:
@@ -30,7 +31,9 @@ def register(sub) -> None:
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts a multiple of this")
     p.add_argument("--on-failure", default="raise", choices=["raise", "skip"],
                    help="skip: leave module classes whose forward breaks as they are, and prune the rest")
-    p.add_argument("--finetune-epochs", type=float, default=0.0, help="built-in fine-tune (zoo classifiers)")
+    p.add_argument("--finetune-epochs", type=float, default=0.0,
+                   help="recovery fine-tune after the cut: on --data (any model) or, for zoo classifiers without "
+                        "--data, the built-in one")
     p.add_argument("--finetune-samples", type=int, default=None, help="fine-tune on the first N training images")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune with the dense model as teacher (knowledge distillation)")
@@ -40,12 +43,16 @@ def register(sub) -> None:
                    help="before pruning, train this many epochs with an L1 penalty on BatchNorm scales")
     p.add_argument("--slimming-strength", type=float, default=1e-4, help="the penalty's lambda")
     add_measure_args(p)
+    add_train_args(p, "fine-tune data: imagefolder:DIR, hf:DIR or a zoo name (see prunekit finetune)")
     p.add_argument("--out", required=True, help="where to save the pruned model (.safetensors)")
     p.set_defaults(func=run)
 
 
-def _calib(wl):
-    """Calibration batches for taylor importance: training images with labels for zoo classifiers."""
+def _calib(wl, data=None):
+    """Calibration batches for taylor importance: training images with labels (the user's, or the zoo's)."""
+    if data is not None and not data.steps_per_epoch:
+        from torch.utils.data import DataLoader
+        return [b for b, _ in zip(DataLoader(data.train, batch_size=32, shuffle=False), range(4), strict=False)]
     if wl.name in ("fmnist-resnet", "fmnist-vit"):
         from prunekit.data import load_fashion_mnist, normalize
         x, y = load_fashion_mnist("train")
@@ -60,8 +67,10 @@ def run(args) -> int:
     base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
     importance = args.importance or ("bn_scale" if args.slimming_epochs else "l2")
     penalty = _slimming_check(wl, base, args) if args.slimming_epochs else None
-    _rounds_check(base, args)
-    evaluate = (lambda m: wl.evaluate(m, limit=args.limit))
+    data = prepare(args, wl, args.finetune_epochs, "prune", args.distill)
+    _rounds_check(base, args, data)
+    evaluate = (lambda m: wl.evaluate(m, limit=args.limit)) if data is None or data.val is None else \
+        (lambda m: validate(m, data, args))
     before = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     teacher = copy.deepcopy(wl.model) if args.finetune_epochs and args.distill else None
     slimming = None
@@ -70,7 +79,7 @@ def run(args) -> int:
         slimming = {**finetune(wl.model, base, args.slimming_epochs, regularizer=penalty),
                     "strength": args.slimming_strength}
     options = dict(importance=importance, scope=args.scope, units=tuple(u for u in args.units.split(",") if u),
-                   round_to=args.round_to, calib=_calib(wl) if importance == "taylor" else None,
+                   round_to=args.round_to, calib=_calib(wl, data) if importance == "taylor" else None,
                    on_failure=args.on_failure)
     rounds: list[dict] = []
     if args.rounds > 1:
@@ -78,6 +87,10 @@ def run(args) -> int:
         from prunekit.zoo.finetune import finetune
 
         def train(model, k):
+            if data is not None:
+                rounds.append(recover(model, data, args, args.finetune_epochs / args.rounds, teacher,
+                                      desc=f"fine-tune round {k + 1}", subdir=f"round-{k + 1}"))
+                return
             rounds.append(finetune(model, base, args.finetune_epochs / args.rounds, samples=args.finetune_samples,
                                    teacher=teacher, seed=k))
         res = prune_iteratively(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs,
@@ -92,6 +105,8 @@ def run(args) -> int:
         info["slimming"] = slimming
     if rounds:
         info["finetune_rounds"] = rounds
+    elif args.finetune_epochs and data is not None:
+        info["finetune"] = recover(wl.model, data, args, args.finetune_epochs, teacher)
     elif args.finetune_epochs:
         from prunekit.zoo.finetune import finetune
         info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples,
@@ -104,6 +119,15 @@ def run(args) -> int:
     meta = {"zoo": zoo or (wl.name if not wl.name.startswith("timm:") else None), "prune": info}
     if wl.name.startswith("timm:"):
         meta["timm"] = wl.name[5:]
+    for key in ("timm", "hf", "input_size", "classes"):
+        if key in (getattr(wl.model, "prunekit_meta", None) or {}):
+            meta.setdefault(key, wl.model.prunekit_meta[key])
+    if data is not None:
+        meta = saved_meta(data, meta)
+        if data.info.get("head"):
+            result["head"] = data.info["head"]
+    elif isinstance(wl.example_inputs, tuple) and len(wl.example_inputs) == 1 and wl.name.startswith("timm:"):
+        meta["input_size"] = list(wl.example_inputs[0].shape[1:])
     prunekit.save(wl.model, args.out, meta=meta)
     result["out"] = args.out
     print_result(result, args.json)
@@ -122,12 +146,12 @@ def _slimming_check(wl, base: str, args):
         raise SystemExit(f"prunekit prune: {e}") from None
 
 
-def _rounds_check(base: str, args) -> None:
+def _rounds_check(base: str, args, data=None) -> None:
     """Refuse ``--rounds`` settings that cannot run, before anything is measured."""
     if args.rounds < 1:
         raise SystemExit(f"prunekit prune: --rounds must be >= 1, got {args.rounds}")
     if args.rounds > 1 and not args.finetune_epochs:
         raise SystemExit(f"prunekit prune: --rounds {args.rounds} trains between the cuts; give --finetune-epochs "
                          "(shared out over the rounds)")
-    if args.rounds > 1:
+    if args.rounds > 1 and data is None:
         require_finetune("prune", "--rounds", base, "call prunekit.prune_iteratively with your own train function")

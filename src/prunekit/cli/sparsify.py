@@ -12,11 +12,13 @@ the result compressed with ``prunekit.save``. Prints the ``profile`` shape of th
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from prunekit.cli.common import add_measure_args, compare, print_result, require_finetune, resolve_model
+from prunekit.cli.recover import add_train_args, prepare, recover, saved_meta, validate
 from prunekit.measure import profile
 from prunekit.zoo import NAMES
 
@@ -39,6 +41,12 @@ def register(sub) -> None:
     p.add_argument("--gradual-ramp", type=float, default=0.75,
                    help="share of the fine-tune's steps over which the sparsity rises (the rest trains at it)")
     p.add_argument("--gradual-every", type=int, default=10, help="optimizer steps between sparsity updates")
+    p.add_argument("--finetune-epochs", type=float, default=0.0,
+                   help="after a one-shot cut, fine-tune this long with the zeros kept (on --data, or the built-in "
+                        "fine-tune of a zoo classifier)")
+    p.add_argument("--distill", action="store_true", help="fine-tune with the dense model as teacher")
+    add_train_args(p, "training data for --gradual-epochs / --finetune-epochs: imagefolder:DIR, hf:DIR or a zoo "
+                      "name")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     add_measure_args(p)
     p.set_defaults(func=run)
@@ -67,9 +75,15 @@ def run(args) -> int:
         raise SystemExit(f"prunekit sparsify: {e}") from None
     wl = resolve_model(args.model)
     base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or wl.name
+    if args.gradual_epochs and args.finetune_epochs:
+        raise SystemExit("prunekit sparsify: --gradual-epochs already trains at the final sparsity after its ramp; "
+                         "give one of --gradual-epochs and --finetune-epochs")
+    data = prepare(args, wl, args.gradual_epochs or args.finetune_epochs, "sparsify", args.distill)
     if args.gradual_epochs:
-        _check_gradual(args, base)
-    evaluate = lambda m: wl.evaluate(m, limit=args.limit)
+        _check_gradual(args, base, data)
+    evaluate = (lambda m: wl.evaluate(m, limit=args.limit)) if data is None or data.val is None else \
+        (lambda m: validate(m, data, args))
+    teacher = copy.deepcopy(wl.model) if args.distill and (args.finetune_epochs or args.gradual_epochs) else None
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         prunekit.save(wl.model, Path(tmp) / "dense.safetensors")
@@ -78,17 +92,28 @@ def run(args) -> int:
     options = {"method": args.method, "pattern": args.pattern, "scope": args.scope, "calib": calib,
                "ignore": args.ignore}
     try:
-        res, training = (_gradual(wl.model, base, args, options) if args.gradual_epochs
+        res, training = (_gradual(wl.model, base, args, options, data, teacher) if args.gradual_epochs
                          else (prunekit.sparsify(wl.model, args.sparsity, **options), None))
     except PruningError as e:
         raise SystemExit(f"prunekit sparsify: {e}") from None
+    if args.finetune_epochs:
+        if data is not None:
+            training = recover(wl.model, data, args, args.finetune_epochs, teacher)
+        else:
+            from prunekit.zoo.finetune import finetune
+            training = finetune(wl.model, base, args.finetune_epochs, teacher=teacher)
     plan = prunekit.finalize(wl.model, kernels=args.kernels, example_inputs=wl.example_inputs)
     sparse = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     meta = {"sparsify": {"sparsity": res.target, "method": res.method, "pattern": res.pattern, "scope": res.scope}}
+    key = "gradual" if args.gradual_epochs else "finetune"
     if training:
-        meta["sparsify"]["gradual"] = training
+        meta["sparsify"][key] = training
     if base in NAMES:
         meta["zoo"] = base
+    if wl.name.startswith("timm:"):
+        meta["timm"] = wl.name[5:]
+    if data is not None:
+        meta = saved_meta(data, meta)
     prunekit.save(wl.model, args.out, meta=meta)
     out = compare(dense, sparse)
     out["model"] = wl.name
@@ -96,7 +121,7 @@ def run(args) -> int:
     out["sparsity"] = {"target": res.target, "achieved": res.total, "method": res.method, "pattern": res.pattern,
                        "scope": res.scope, "layers": len(res.layers)}
     if training:
-        out["sparsity"]["gradual"] = training
+        out["sparsity"][key] = training
     out["file_bytes"] = Path(args.out).stat().st_size
     out["dense_file_bytes"] = dense_bytes
     out["ratios"]["file"] = round(out["file_bytes"] / dense_bytes, 4)
@@ -107,10 +132,11 @@ def run(args) -> int:
     return 0
 
 
-def _check_gradual(args, base: str) -> None:
+def _check_gradual(args, base: str, data) -> None:
     """Refuse ``--gradual-*`` settings that cannot work, before the (slow) dense profile."""
-    require_finetune("sparsify", "--gradual-epochs", base, "use prunekit.sparse.GradualPruner in your own "
-                     "training loop")
+    if data is None:
+            require_finetune("sparsify", "--gradual-epochs", base, "give --data, or use prunekit.train.GradualPruning "
+                         "in your own training loop")
     from prunekit.sparse.masks import parse_pattern
     if parse_pattern(args.pattern).kind == "nm":
         raise SystemExit(f"prunekit sparsify: pattern {args.pattern} fixes the sparsity, so there is nothing to "
@@ -119,8 +145,13 @@ def _check_gradual(args, base: str) -> None:
         raise SystemExit(f"prunekit sparsify: --gradual-ramp must lie in (0, 1], got {args.gradual_ramp}")
 
 
-def _gradual(model, base: str, args, options: dict):
+def _gradual(model, base: str, args, options: dict, data=None, teacher=None):
     """Fine-tune ``model`` for ``--gradual-epochs`` while a :class:`GradualPruner` raises its sparsity."""
+    if data is not None:
+        from prunekit.train import GradualPruning
+        cb = GradualPruning(args.sparsity, start=0.0, end=args.gradual_ramp, every=args.gradual_every, **options)
+        info = recover(model, data, args, args.gradual_epochs, teacher, callbacks=[cb], desc="gradual sparsity")
+        return cb.pruner.result, {**info, "ramp": args.gradual_ramp, "updates": len(cb.pruner.history)}
     from prunekit.sparse import GradualPruner
     from prunekit.zoo.finetune import finetune, finetune_steps
     steps = finetune_steps(args.gradual_epochs)

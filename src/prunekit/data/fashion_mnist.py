@@ -21,7 +21,7 @@ import torch
 
 from prunekit.errors import DataNotFoundError
 
-__all__ = ["CLASSES", "DEBIAN_DIR", "find_fashion_mnist", "load_fashion_mnist", "normalize"]
+__all__ = ["CLASSES", "DEBIAN_DIR", "find_fashion_mnist", "load_fashion_mnist", "normalize", "write_image_folder"]
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -93,3 +93,21 @@ def load_fashion_mnist(split: str = "train", data_dir: str | os.PathLike | None 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 images to float, standardised with the training-set mean and std."""
     return (images.float() / 255.0 - MEAN) / STD
+
+
+def write_image_folder(out: str | os.PathLike, split: str = "train", n: int | None = None,
+                       data_dir: str | os.PathLike | None = None) -> Path:
+    """Write the first ``n`` images of ``split`` as PNG files in an ImageFolder tree ``out/<class>/<i>.png``.
+
+    The user-data form ``prunekit finetune --data imagefolder:OUT`` reads; class folders are
+    ``<label>-<name>`` (``0-T-shirt-top`` ...), so ImageFolder's sorted order keeps the labels. Returns ``out``.
+    """
+    from PIL import Image
+    x, y = load_fashion_mnist(split, data_dir)
+    out = Path(out)
+    for i in range(x.shape[0] if n is None else min(n, x.shape[0])):
+        label = int(y[i])
+        folder = out / f"{label}-{CLASSES[label].replace('/', '-').replace(' ', '_')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i, 0].numpy()).save(folder / f"{i:05d}.png")
+    return out

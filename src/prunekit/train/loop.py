@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -331,6 +332,7 @@ class Trainer:
             resumed = ckpt.restore(self, cfg.checkpoint_dir)
         else:
             torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)  # Python-side augmentation (timm's random crops) draws from it
         self._start_step = self.step
         for cb in self.callbacks:
             cb.on_train_begin(self)
