@@ -2,7 +2,7 @@
 
 Trains :class:`prunekit.tokens.dynamic.DynamicViT` (scorers before blocks 3, 6, 9, keeping 70% of the
 remaining patch tokens at each: 196 -> 137 -> 96 -> 67) on the first ``--train`` Fashion-MNIST
-training images with :func:`prunekit.tokens.dynamic_train.fit_dynamic` (dense fmnist-vit as teacher,
+training images with :func:`prunekit.train.fit_dynamic` (dense fmnist-vit as teacher,
 backbone frozen unless ``--backbone-lr`` > 0), then compares on the first ``--limit`` test images:
 
 - ``dynamicvit``: the trained model; ``dynamicvit (untrained scorers)``: same tokens kept by the
@@ -30,7 +30,7 @@ import prunekit.tokens as tokens
 from prunekit.data import load_fashion_mnist, normalize
 from prunekit.measure import count_macs
 from prunekit.tokens.dynamic import DynamicViT
-from prunekit.tokens.dynamic_train import fit_dynamic
+from prunekit.train import fit_dynamic
 from prunekit.zoo import load
 
 NAME = "dynamic_vit"

@@ -11,7 +11,8 @@ import prunekit.tokens.dynamic_train as dynamic_train_module
 from prunekit.errors import PruningError
 from prunekit.measure import count_macs
 from prunekit.tokens.dynamic import DynamicViT, masked_attention
-from prunekit.tokens.dynamic_train import dynamic_loss, fit_dynamic
+from prunekit.tokens.dynamic_train import dynamic_loss
+from prunekit.train import fit_dynamic
 
 KW = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10)  # 64 patches
 X = torch.randn(3, 3, 32, 32)

@@ -1,6 +1,6 @@
 """Token reduction inside transformers: token merging (ToMe), local-then-global merging for dense
 prediction (:func:`merge_dense`), time-tube merging for video (:func:`merge_video`), learned token
-pruning (:class:`DynamicViT`, trained with :func:`fit_dynamic`), and a top-k token-drop reference.
+pruning (:class:`DynamicViT`, trained with :func:`prunekit.train.fit_dynamic`), and a top-k token-drop reference.
 
 Token merging after Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023: similar tokens are
 merged in every layer, training-free, so later layers see fewer tokens.
@@ -16,7 +16,6 @@ torch.Size([1, 1000])
 """
 from prunekit.tokens.dense import merge_dense
 from prunekit.tokens.dynamic import DynamicViT
-from prunekit.tokens.dynamic_train import fit_dynamic
 from prunekit.tokens.groups import LocalMerge
 from prunekit.tokens.matching import (
                                       Matching,
@@ -31,7 +30,7 @@ from prunekit.tokens.prune import drop
 from prunekit.tokens.schedule import Constant, Linear, PerLayer, Proportion, Schedule, decreasing, max_r, token_counts
 from prunekit.tokens.video import merge_video
 
-__all__ = ["merge", "merge_dense", "merge_video", "LocalMerge", "DynamicViT", "fit_dynamic",
+__all__ = ["merge", "merge_dense", "merge_video", "LocalMerge", "DynamicViT",
            "unpatch", "unmerge", "drop", "is_patched", "last_info", "schedule_of", "MergeConfig",
            "TokenInfo", "Matching", "bipartite_soft_matching", "merge_wavg", "merge_positions",
            "source_matrix", "Schedule", "Constant", "Linear", "PerLayer", "Proportion", "decreasing", "max_r",

@@ -94,7 +94,7 @@ class DynamicViT(nn.Module):
 
     ``stages``: indices of the blocks before which tokens are pruned (increasing, >= 1);
     ``keep``: the share of the remaining patch tokens kept at each stage. An untrained scorer keeps
-    an arbitrary share: train with :func:`prunekit.tokens.dynamic_train.fit_dynamic`.
+    an arbitrary share: train with :func:`prunekit.train.fit_dynamic`.
     """
 
     def __init__(self, vit: nn.Module, stages: Sequence[int] = (3, 6, 9), keep: float = 0.7):

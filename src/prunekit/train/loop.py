@@ -60,6 +60,8 @@ class TrainConfig:
     (with no labels, the distillation term alone). ``budget_s``: time steps 10-60, then shorten the
     schedule so that the run fits. ``checkpoint_dir``: write a checkpoint there after every epoch
     (and every ``checkpoint_every`` steps if set); ``resume``: start from the newest one there.
+    ``lr_scales``: ``{name prefix: factor}``; a parameter trains at ``lr * factor`` of its longest
+    matching prefix (e.g. ``{"vit.": 0.01}`` for a slowly tuned backbone under new modules).
     """
 
     epochs: float = 1.0
@@ -79,6 +81,7 @@ class TrainConfig:
     bf16: bool = True
     channels_last: bool | None = None
     find_unused_parameters: bool = False
+    lr_scales: dict[str, float] | None = None
     progress: bool = True
     desc: str = "train"
     checkpoint_dir: str | None = None
@@ -260,10 +263,19 @@ class Trainer:
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not named:
             raise PruningError("model", "train", "no parameter requires a gradient: nothing to train")
-        decay = [p for n, p in named if p.ndim > 1 and "pos_embed" not in n]
-        no_decay = [p for n, p in named if p.ndim <= 1 or "pos_embed" in n]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
+        scales = self.cfg.lr_scales or {}
+
+        def scale(n: str) -> float:
+            hits = [k for k in scales if n.startswith(k)]
+            return float(scales[max(hits, key=len)]) if hits else 1.0
+        groups = []
+        for factor in sorted({scale(n) for n, _ in named}):
+            decay = [p for n, p in named if scale(n) == factor and p.ndim > 1 and "pos_embed" not in n]
+            no_decay = [p for n, p in named if scale(n) == factor and (p.ndim <= 1 or "pos_embed" in n)]
+            groups += [{"params": ps, "weight_decay": wd, "lr_scale": factor}
+                       for ps, wd in ((decay, self.cfg.weight_decay), (no_decay, 0.0)) if ps]
+        for g in groups:
+            g["lr"] = self.cfg.lr * g["lr_scale"]
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True)
         return torch.optim.AdamW(groups, lr=self.cfg.lr)
