@@ -34,6 +34,8 @@ def add_train_args(p, data_help: str = "training data: imagefolder:DIR, hf:DIR o
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW decay (default 0.05; the zoo's recipe "
                    "for zoo data)")
     p.add_argument("--img-size", type=int, default=None, help="resize images to this side (default: the model's)")
+    p.add_argument("--crop-scale", type=float, default=None,
+                   help="smallest area share of the training random-resized crop (timm's default 0.08)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text sample (hf: data)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss from the teacher")
@@ -63,6 +65,8 @@ def check_args(args, epochs: float, command: str) -> None:
         raise PruningError(f"--lr {args.lr:g}", command, "give a positive learning rate")
     if not 0 <= args.distill_weight <= 1:
         raise PruningError(f"--distill-weight {args.distill_weight:g}", command, "give a weight in [0, 1]")
+    if args.crop_scale is not None and not 0 < args.crop_scale <= 1:
+        raise PruningError(f"--crop-scale {args.crop_scale:g}", command, "give an area share in (0, 1]")
     if args.val_split is not None and not 0 < args.val_split < 1:
         raise PruningError(f"--val-split {args.val_split:g}", command, "give a fraction in (0, 1)")
     for spec in (args.data, args.val):
@@ -106,7 +110,7 @@ class Data:
 def _build(spec: str, model: nn.Module, train: bool, args, tokenizer) -> Any:
     kind, where = check_spec(spec)
     if kind == "imagefolder":
-        return image_folder(where, model, train, args.img_size)
+        return image_folder(where, model, train, args.img_size, args.crop_scale)
     if kind == "hf":
         if tokenizer is None:
             raise PruningError(spec, "read the data", "text data needs a Hugging Face model with a tokenizer "
@@ -211,19 +215,21 @@ def saved_meta(data: Data, meta: dict) -> dict:
 
 
 def prepare(args, wl, epochs: float, command: str, distill: bool = False) -> Data | None:
-    """For ``prune`` / ``sparsify`` with ``--finetune-epochs`` (or another training flag): the user's data
-    (``--data``), with the head matched to its classes and ``wl.example_inputs`` set from it, or ``None``
+    """For ``prune`` / ``sparsify`` with ``--data`` (to fine-tune on, and ``--val`` to measure on): the data,
+    with the head matched to its classes and ``wl.example_inputs`` set from it, or ``None``
     when a zoo classifier trains on its own data (the built-in fine-tune). Refuses what cannot work."""
     from prunekit.train.heads import match_head
     from prunekit.zoo.finetune import FINETUNE_LR
     meta = getattr(wl.model, "prunekit_meta", None) or {}
     base = meta.get("zoo") or wl.name
-    if not epochs or (args.data is None and base in FINETUNE_LR):
+    if args.data is None and (not epochs or base in FINETUNE_LR):
+        if args.val is not None or args.val_split is not None:
+            raise PruningError("--val", command, "validation needs --data too (the training data it goes with)")
         return None
     if args.data is None:
         raise PruningError(wl.name, command, "training it needs data: give --data imagefolder:DIR, hf:DIR or a zoo "
                            f"name (the built-in fine-tune exists for {sorted(FINETUNE_LR)} only)")
-    check_args(args, epochs, command)
+    check_args(args, epochs or 1.0, command)  # with no training, --data/--val still set what is measured
     data = load_data(args, wl.model, None, (wl.info or {}).get("tokenizer"))
     torch.manual_seed(args.seed)
     head = match_head(wl.model, data.classes) if data.classes else None

@@ -69,15 +69,18 @@ def check_spec(spec: str) -> tuple[str, str]:
     return kind, where
 
 
-def image_folder(where: str, model: nn.Module, train: bool, img_size: int | None = None) -> Dataset:
-    """An ``ImageFolder`` over ``where`` with timm's preprocessing for ``model`` (augmented if ``train``)."""
+def image_folder(where: str, model: nn.Module, train: bool, img_size: int | None = None,
+                 crop_scale: float | None = None) -> Dataset:
+    """An ``ImageFolder`` over ``where`` with timm's preprocessing for ``model`` (augmented if ``train``:
+    timm's random resized crop, whose smallest area share ``crop_scale`` sets, flip and colour jitter)."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
     cfg = resolve_data_config({}, model=model)
     if img_size:
         cfg["input_size"] = (cfg["input_size"][0], img_size, img_size)
         cfg["crop_pct"] = 1.0
-    transform = create_transform(**cfg, is_training=train)
+    extra = {"scale": (crop_scale, 1.0)} if train and crop_scale else {}
+    transform = create_transform(**cfg, is_training=train, **extra)
     ds = ImageFolder(where, transform=transform)
     ds.prunekit_input_size = tuple(cfg["input_size"])  # what the model is fed, for saving and profiling
     return ds
