@@ -30,9 +30,13 @@ def require_finetune(command: str, flag: str, base: str, instead: str) -> None:
 def _hf(path: str, meta: dict | None = None, model=None) -> Workload:
     """A Hugging Face sequence classifier (``from_pretrained``) with its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if model is None:
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    except OSError as e:
+        raise PruningError(f"hf:{path}", "load the model", f"{str(e).splitlines()[0]} (give a local directory "
+                           "written by save_pretrained, or a hub id with the hub reachable)") from None
     example = dict(tokenizer(["a short example sentence"], return_tensors="pt"))
     return Workload(f"hf:{path}", model, example, lambda m, limit=None: {}, "hf", "", {"tokenizer": tokenizer,
                                                                                         **(meta or {})})
@@ -51,6 +55,10 @@ def resolve_model(spec: str) -> Workload:
         return load_zoo(spec)
     if spec.startswith("timm:"):
         import timm
+        if not timm.is_model(spec[5:]):
+            near = timm.list_models(f"*{spec[5:]}*")[:5]
+            raise PruningError(spec, "load the model", "timm has no such model" + (f"; did you mean {near}?" if near
+                               else "; timm.list_models() lists the names"))
         model = timm.create_model(spec[5:], pretrained=False).eval()
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
         return Workload(spec, model, _saved_input({"input_size": size}), lambda m, limit=None: {}, "timm", "")
@@ -106,3 +114,29 @@ def print_result(result: dict, as_json: bool) -> None:
                 print(f"  {k:>20}: {_fmt(v) if not isinstance(v, dict) else json.dumps(v)}")
         else:
             print(f"{key:>22}: {_fmt(value)}")
+
+
+def check_range(flag: str, value: float | None, lo: float, hi: float, lo_open: bool = False,
+                hi_open: bool = False, command: str = "run") -> None:
+    """Refuse ``value`` outside ``[lo, hi]`` (open ends as told) with one line naming ``flag``."""
+    if value is None:
+        return
+    below = value <= lo if lo_open else value < lo
+    above = value >= hi if hi_open else value > hi
+    if below or above:
+        span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise PruningError(f"{flag} {value:g}", command, f"give a value in {span}")
+
+
+def check_out(path: str | None, command: str) -> None:
+    """Make sure ``--out``'s folder exists or can be made, before any work is done."""
+    if not path:
+        return
+    folder = Path(path).resolve().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PruningError(f"--out {path}", command, f"cannot create the folder {folder} ({e.strerror}); "
+                           "give a writable path") from None
+    if Path(path).is_dir():
+        raise PruningError(f"--out {path}", command, "is a directory; give a file path such as model.safetensors")

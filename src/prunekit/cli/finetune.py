@@ -13,7 +13,7 @@ finetune ...`` it trains in DDP (NCCL on GPUs, gloo on CPUs). ``--json`` prints 
 """
 from __future__ import annotations
 
-from prunekit.cli.common import print_result, resolve_model
+from prunekit.cli.common import check_out, print_result, resolve_model
 from prunekit.cli.recover import add_train_args, check_args, check_teacher, load_data, recover, saved_meta, validate
 
 
@@ -35,6 +35,7 @@ def run(args) -> int:
     from prunekit.train import distributed as D
     from prunekit.train.heads import match_head
     check_args(args, args.epochs, "fine-tune")
+    check_out(args.out, "fine-tune")
     torch.manual_seed(args.seed)  # a new head's (and a timm model's) initial weights come from it
     wl = resolve_model(args.model)
     meta = dict(getattr(wl.model, "prunekit_meta", None) or {})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
+from prunekit.cli.common import add_measure_args, check_range, compare, print_result, resolve_model
 from prunekit.measure import profile
 
 
@@ -31,7 +31,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from prunekit.errors import PruningError
     from prunekit.tokens import merge, merge_dense, merge_video, schedule_of
-
+    check_range("--r", args.r, 0, float("inf"), command="merge")
+    check_range("--target-macs", args.target_macs, 0, 1, lo_open=True, command="merge")
     wl = resolve_model(args.model)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
     kwargs = dict(r=args.r if args.r is not None else 0, prop_attn=not args.no_prop_attn,

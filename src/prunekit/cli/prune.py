@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import copy
 
-from prunekit.cli.common import add_measure_args, compare, print_result, require_finetune, resolve_model
+from prunekit.cli.common import (
+    add_measure_args,
+    check_out,
+    check_range,
+    compare,
+    print_result,
+    require_finetune,
+    resolve_model,
+)
 from prunekit.cli.recover import add_train_args, prepare, recover, saved_meta, validate
 
 
@@ -63,6 +71,9 @@ def _calib(wl, data=None):
 def run(args) -> int:
     import prunekit
     from prunekit.measure import profile
+    check_range("--ratio", args.ratio, 0, 1, hi_open=True, command="prune")
+    check_range("--target-macs", args.target_macs, 0, 1, lo_open=True, command="prune")
+    check_out(args.out, "prune")
     wl = resolve_model(args.model)
     base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
     importance = args.importance or ("bn_scale" if args.slimming_epochs else "l2")

@@ -17,7 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prunekit.cli.common import add_measure_args, compare, print_result, require_finetune, resolve_model
+from prunekit.cli.common import (
+    add_measure_args,
+    check_out,
+    compare,
+    print_result,
+    require_finetune,
+    resolve_model,
+)
 from prunekit.cli.recover import add_train_args, prepare, recover, saved_meta, validate
 from prunekit.measure import profile
 from prunekit.zoo import NAMES
@@ -69,6 +76,7 @@ def run(args) -> int:
     import prunekit
     from prunekit.errors import PruningError
     from prunekit.sparse.oneshot import _check_args
+    check_out(args.out, "sparsify")
     try:  # fail on bad arguments before the (slow) dense profile
         _check_args(args.sparsity, args.method, args.scope, args.pattern, calib=True)
     except PruningError as e:

@@ -52,9 +52,18 @@ def _file(directory: Path, stem: str) -> Path | None:
 def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     """Return the directory holding all four Fashion-MNIST IDX files, or raise a clear error."""
     tried = _candidates(data_dir)
-    for d in tried:
+    explicit_only = bool(data_dir or os.environ.get("PRUNEKIT_DATA"))
+    for d in (tried[:-3] if explicit_only else tried):
         if all(_file(d, s) for pair in _FILES.values() for s in pair):
             return d
+    explicit = [f"{how}{p}" for how, p in (("--data-dir / data_dir ", data_dir),
+                                            ("PRUNEKIT_DATA=", os.environ.get("PRUNEKIT_DATA"))) if p]
+    if explicit:  # a directory the user named that holds no data is an error, not a silent fallback
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found where you said ({'; '.join(explicit)}): none of "
+            + ", ".join(str(d) for d in tried[:-3]) + " holds the four IDX files (train-images-idx3-ubyte[.gz], "
+            "...). Point --data-dir / PRUNEKIT_DATA at that directory, or unset it to use the Debian package "
+            "`dataset-fashion-mnist`.")
     raise DataNotFoundError(
         "Fashion-MNIST not found (looked in: " + ", ".join(str(d) for d in tried) + "). "
         "Install the Debian package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist), "
