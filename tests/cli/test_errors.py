@@ -72,3 +72,29 @@ def test_data_dir_and_threads_are_restored_after_the_command(tmp_path):
     before_env, before_threads = os.environ.get("PRUNEKIT_DATA"), torch.get_num_threads()
     main(["--data-dir", str(tmp_path), "--threads", "1", "zoo", "list"])
     assert os.environ.get("PRUNEKIT_DATA") == before_env and torch.get_num_threads() == before_threads
+
+
+def test_a_cut_that_removes_nothing_fails_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "h.safetensors"
+    assert main(["prune", "fmnist-resnet", "--units", "heads", "--ratio", "0.3", "--out", str(out), "--limit", "10",
+                 "--repeats", "1"]) == 2
+    assert "nothing was removed: no group of heads could be cut" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_profile_and_prune_accept_any_saved_model(tmp_path, capsys):
+    import json
+
+    import timm
+    import torch
+
+    import prunekit
+    path = tmp_path / "tiny.safetensors"
+    prunekit.save(timm.create_model("resnet18", num_classes=3).eval(), path, meta={"input_size": [3, 32, 32]})
+    assert main(["profile", str(path), "--json", "--repeats", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["macs"] > 0 and doc["metric"] == {}
+    out = tmp_path / "cut.safetensors"
+    assert main(["prune", str(path), "--ratio", "0.5", "--out", str(out), "--json", "--repeats", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ratios"]["macs"] < 0.5
+    assert prunekit.load(out)(torch.randn(1, 3, 32, 32)).shape == (1, 3)

@@ -112,6 +112,12 @@ def run(args) -> int:
             "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": importance,
             "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope, "skipped": res.skipped,
             "rounds": args.rounds}
+    asked = (args.ratio or 0) > 0 or (args.target_macs is not None and args.target_macs < 1)
+    if asked and not info["groups_pruned"]:
+        from prunekit.errors import PruningError
+        raise PruningError(wl.name, "prune", f"nothing was removed: no group of {args.units} could be cut "
+                           f"({len(res.decisions)} groups found, skipped: {res.skipped or 'none'}); try other "
+                           "--units, a larger --ratio, or check the model with prunekit.groups(model, inputs)")
     if slimming:
         info["slimming"] = slimming
     if rounds:

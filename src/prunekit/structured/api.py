@@ -31,7 +31,7 @@ from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_mod
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.importance import Importance, get_importance
 from prunekit.structured.rewrite import swap_rewritten, verify_swaps
-from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes
+from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes, sync_model_attributes
 from prunekit.structured.width_free import SWAPS, swap_width_free
 
 __all__ = ["prune", "groups", "PruneResult", "GroupList"]
@@ -395,6 +395,7 @@ def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap):
         fix_module_attributes(model, tr, keep, shapes)
         attn_log = fix_attention(model, tr, keep)
         cfg_changes = sync_hf_config(model, tr, keep)
+        sync_model_attributes(model)
         _check(model, example_inputs, ref_shapes, op)
     except PruningError:
         snap.restore()

@@ -238,3 +238,40 @@ def fix_module_attributes(model: nn.Module, trace: TraceResult, keep: dict, shap
                 m.normalized_shape = w.shape[-1]
     for fixup, m in fixups:
         fixup(m)
+
+
+def sync_model_attributes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Keep a timm model's width attributes true after a cut, so ``reset_classifier`` builds a head that fits.
+
+    ``num_features`` (and ``head_hidden_size`` where there is no pre-logits layer) follow the Linear
+    head's input width; ``embed_dim`` follows the token width (``cls_token`` / ``pos_embed``).
+    Returns ``{attribute: (old, new)}`` for what changed.
+    """
+    changed: dict[str, tuple[int, int]] = {}
+
+    def put(name: str, value: int) -> None:
+        old = getattr(model, name, None)
+        if isinstance(old, int) and old != value:
+            setattr(model, name, value)
+            changed[name] = (old, value)
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Linear):
+        plain = getattr(model, "head_hidden_size", None) in (None, getattr(model, "num_features", None))
+        if plain:
+            put("num_features", head.in_features)
+            put("head_hidden_size", head.in_features)
+    for path, m in model.named_modules():  # timm's classifier heads keep their own widths
+        fc = getattr(m, "fc", None)
+        if m is not model and isinstance(fc, nn.Linear) and isinstance(getattr(m, "in_features", None), int) \
+                and not getattr(m, "hidden_size", None) and m.in_features != fc.in_features:
+            changed[f"{path}.in_features"] = (m.in_features, fc.in_features)
+            m.in_features = fc.in_features
+            if isinstance(getattr(m, "num_features", None), int):
+                m.num_features = fc.in_features
+    for token in ("cls_token", "pos_embed", "reg_token"):
+        t = getattr(model, token, None)
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            put("embed_dim", int(t.shape[-1]))
+            break
+    return changed
