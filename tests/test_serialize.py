@@ -103,7 +103,9 @@ class Tied(nn.Module):
 def test_tied_weights_stay_tied(tmp_path):
     model = Tied()
     prunekit.save(model, tmp_path / "t.safetensors")
-    back = prunekit.load(tmp_path / "t.safetensors")
+    with pytest.raises(PruningError, match="outside .* to prunekit.load"):
+        prunekit.load(tmp_path / "t.safetensors")  # a user class is only built when the caller names it
+    back = prunekit.load(tmp_path / "t.safetensors", classes=[Tied])
     assert back.out.weight is back.emb.weight
     assert torch.equal(back.emb.weight, model.emb.weight)
 
@@ -140,7 +142,7 @@ def test_unpicklable_module_error_leaves_model_intact(tmp_path):
     model = nn.Linear(4, 4)
     model.register_forward_hook(lambda m, a, o: o)  # a lambda cannot be pickled
     w = model.weight
-    with pytest.raises(PruningError, match="cannot be pickled"):
+    with pytest.raises(PruningError, match="a forward hook .* cannot be stored as data"):
         prunekit.save(model, tmp_path / "x.safetensors")
     assert model.weight is w and model.weight.device.type == "cpu"
 

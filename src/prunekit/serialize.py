@@ -2,8 +2,8 @@
 
 The file holds:
 
-- the module *skeleton*: the model pickled (``torch.save``) with every parameter and buffer replaced
-  by a meta-device placeholder, so changed architectures (smaller Linear/Conv layers, edited
+- the module *tree* as JSON data (:mod:`prunekit.tree`): each module's class by import path, its
+  plain attributes and children, so changed architectures (smaller Linear/Conv layers, edited
   attributes such as ``num_heads``, swapped modules) come back as they were saved;
 - every parameter and buffer (non-persistent buffers such as sparsity masks included), shared
   tensors stored once. A tensor that is at least 25% zeros is stored as a bitmask (``numpy.packbits``,
@@ -11,8 +11,9 @@ The file holds:
   dense size; sparse-layout tensors (CSR/BSR) are stored the same way and rebuilt in their layout;
 - ``meta``: a JSON-able dict returned on load as ``model.prunekit_meta``.
 
-Security: ``load`` unpickles the skeleton, which can run arbitrary code. Load only files you (or
-someone you trust) wrote.
+Security: ``load`` never unpickles. It instantiates only classes of the allowed libraries (torch,
+torchvision, timm, transformers, prunekit) or classes the caller passes, without calling their
+constructors, so opening a file cannot run code from it.
 
 >>> import tempfile, torch
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +39,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prunekit.errors import PruningError
+from prunekit.tree import decode, encode, trusted
 
 __all__ = ["save", "load", "FORMAT", "MIN_ZERO_FRACTION"]
 
-FORMAT = "prunekit/1"
+FORMAT = "prunekit/2"
+_PICKLED = "prunekit/1"  # the old format: an unpickled skeleton (loads only with trust_pickle=True)
 MIN_ZERO_FRACTION = 0.25  # store a tensor compressed when at least this fraction is zero
 _SKELETON = "__skeleton__"
 _SPARSE = {torch.sparse_csr: "csr", torch.sparse_bsr: "bsr", torch.sparse_coo: "coo"}
@@ -52,11 +57,6 @@ def _slots(model: nn.Module):
             for attr, t in getattr(mod, kind).items():
                 if t is not None:
                     yield mname, mod, kind, attr, t
-
-
-def _meta_like(t: torch.Tensor, kind: str) -> torch.Tensor:
-    m = torch.empty(t.shape, dtype=t.dtype, device="meta")
-    return nn.Parameter(m, requires_grad=t.requires_grad) if kind == "_parameters" else m
 
 
 def _encode(name: str, t: torch.Tensor, out: dict[str, torch.Tensor], ptrs: set[int]) -> dict:
@@ -109,11 +109,12 @@ def _decode(name: str, info: dict, data: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
-    """Write ``model`` (architecture + weights, sparse tensors compressed) and ``meta`` to ``path``.
+    """Write ``model`` (architecture as data + weights, sparse tensors compressed) and ``meta`` to ``path``.
 
     ``meta=None`` keeps the ``prunekit_meta`` of a model that was itself loaded with :func:`load`.
-    The model must be picklable (``torch.save``-able) apart from its tensors. A module is left exactly
-    as it was, also when saving fails.
+    The architecture is stored as data (:mod:`prunekit.tree`), never pickled; what cannot be stored
+    that way (a lambda hook, an object of a class outside the allowed libraries) raises
+    ``PruningError`` naming the module. A module is left exactly as it was, also when saving fails.
 
     >>> import tempfile, torch
     >>> save(torch.nn.Linear(2, 2), tempfile.mktemp(suffix=".safetensors"), meta={"note": "x"})
@@ -124,43 +125,37 @@ def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
         meta_json = json.dumps(meta or {})
     except TypeError as e:
         raise PruningError(str(path), "save a model", f"meta is not JSON-serialisable: {e}") from None
-    slots = list(_slots(model))
+    module_tree, extra = encode(model)
     canonical: dict[int, str] = {}   # id(tensor) -> name stored under
     layout: list[list] = []          # [module_name, kind, attr, canonical_name]
     ptrs: set[int] = set()
     tensors: dict[str, dict] = {}
     data: dict[str, torch.Tensor] = {}
-    placeholders: dict[int, torch.Tensor] = {}
+    slots = [(m, mod, k, a, t) for m, mod, k, a, t in _slots(model)] + [("", None, "extra", k, t)
+                                                                         for k, t in extra.items()]
     for mname, _, kind, attr, t in slots:
         full = f"{mname}.{attr}" if mname else attr
         if id(t) not in canonical:
             canonical[id(t)] = full
             tensors[full] = _encode(full, t, data, ptrs)
-            placeholders[id(t)] = _meta_like(t, kind)
+            if kind == "_parameters":
+                tensors[full]["requires_grad"] = bool(t.requires_grad)
         layout.append([mname, kind, attr, canonical[id(t)]])
-    # swap tensors for meta placeholders, pickle the skeleton, swap back (also on error)
-    originals = [(mod, kind, attr, t) for _, mod, kind, attr, t in slots]
-    buf = io.BytesIO()
-    try:
-        for mod, kind, attr, t in originals:
-            getattr(mod, kind)[attr] = placeholders[id(t)]
-        torch.save(model, buf)
-    except Exception as e:
-        raise PruningError(str(path), "save a model", f"the module cannot be pickled: {e}") from e
-    finally:
-        for mod, kind, attr, t in originals:
-            getattr(mod, kind)[attr] = t
-    data[_SKELETON] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-    header = {"format": FORMAT, "tensors": tensors, "layout": layout}
+    header = {"format": FORMAT, "tensors": tensors, "layout": layout, "tree": module_tree}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(data, str(path), metadata={"prunekit": json.dumps(header), "meta": meta_json})
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | Path, map_location: str | torch.device = "cpu", *, classes: Iterable[type] = (),
+         trust_pickle: bool = False) -> nn.Module:
     """Read a model written by :func:`save`; its ``meta`` dict is attached as ``model.prunekit_meta``.
 
-    Unpickles the skeleton: load only files you trust. Raises ``PruningError`` naming ``path`` if the
-    file is missing or not a prunekit model file.
+    No code from the file runs: the architecture is rebuilt from data, naming only classes of the
+    allowed libraries (:data:`prunekit.tree.ALLOWED`) or of the modules of the ``classes`` you pass
+    (your own model classes: one class of a module trusts the module). Files of the old pickled
+    format (``prunekit/1``) are refused unless
+    ``trust_pickle=True``, which unpickles them (with a warning): only for files you wrote yourself.
+    Raises ``PruningError`` naming ``path`` if the file is missing or not a prunekit model file.
     """
     path = Path(path)
     op = "load a prunekit model"
@@ -172,21 +167,35 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
             data = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise PruningError(str(path), op, f"not a safetensors file ({e})") from None
-    if "prunekit" not in metadata or _SKELETON not in data:
+    if "prunekit" not in metadata:
         raise PruningError(str(path), op, "a safetensors file without a prunekit header (plain state dict? "
                                           "use safetensors.torch.load_file)")
     try:
         header = json.loads(metadata["prunekit"])
-        if header.get("format") != FORMAT:
-            raise ValueError(f"unsupported format {header.get('format')!r}, expected {FORMAT!r}")
-        model = torch.load(io.BytesIO(data.pop(_SKELETON).numpy().tobytes()), weights_only=False)
-        built: dict[str, torch.Tensor] = {}
+        fmt = header.get("format")
+        if fmt == _PICKLED:
+            if not trust_pickle:
+                raise PruningError(str(path), op, "the file is in the old pickled format (prunekit/1), whose loading "
+                                   "can run code from the file; re-save it with this version, or pass "
+                                   "trust_pickle=True if you wrote it yourself")
+            return _load_pickled(path, header, data, metadata, map_location)
+        if fmt != FORMAT:
+            raise ValueError(f"unsupported format {fmt!r}, expected {FORMAT!r}")
+        extra_names = {name for _, kind, _, name in header["layout"] if kind == "extra"}
+        built = {name: _decode(name, header["tensors"][name], data).to(map_location) for name in extra_names}
+        model = decode(header["tree"], {a: built[n] for _, kind, a, n in header["layout"] if kind == "extra"},
+                       trusted(classes))
         for mname, kind, attr, name in header["layout"]:
+            if kind == "extra":
+                continue
+            if kind not in ("_parameters", "_buffers"):
+                raise ValueError(f"unknown tensor kind {kind!r}")
             mod = model.get_submodule(mname) if mname else model
-            old = getattr(mod, kind)[attr]
             if name not in built:
-                t = _decode(name, header["tensors"][name], data).to(map_location)
-                built[name] = nn.Parameter(t, requires_grad=old.requires_grad) if kind == "_parameters" else t
+                info = header["tensors"][name]
+                t = _decode(name, info, data).to(map_location)
+                built[name] = nn.Parameter(t, requires_grad=info.get("requires_grad", True)) \
+                    if kind == "_parameters" else t
             getattr(mod, kind)[attr] = built[name]
         meta = json.loads(metadata.get("meta", "{}"))
     except PruningError:
@@ -194,4 +203,21 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
     except Exception as e:
         raise PruningError(str(path), op, f"corrupt or incompatible file: {type(e).__name__}: {e}") from e
     model.prunekit_meta = meta
+    return model
+
+
+def _load_pickled(path: Path, header: dict, data: dict, metadata: dict, map_location) -> nn.Module:
+    """The old format (``prunekit/1``): an unpickled skeleton. Runs code from the file."""
+    warnings.warn(f"{path}: unpickling a prunekit/1 file (trust_pickle=True); re-save it to get a file that "
+                  "loads without running code", stacklevel=3)
+    model = torch.load(io.BytesIO(data.pop(_SKELETON).numpy().tobytes()), weights_only=False)
+    built: dict[str, torch.Tensor] = {}
+    for mname, kind, attr, name in header["layout"]:
+        mod = model.get_submodule(mname) if mname else model
+        old = getattr(mod, kind)[attr]
+        if name not in built:
+            t = _decode(name, header["tensors"][name], data).to(map_location)
+            built[name] = nn.Parameter(t, requires_grad=old.requires_grad) if kind == "_parameters" else t
+        getattr(mod, kind)[attr] = built[name]
+    model.prunekit_meta = json.loads(metadata.get("meta", "{}"))
     return model

@@ -87,7 +87,7 @@ def test_finalized_model_equals_the_masked_one_and_round_trips(cnn, tmp_path):
     prunekit.finalize(cnn)
     assert torch.allclose(cnn(x), masked, atol=1e-6, rtol=0)
     prunekit.save(cnn, tmp_path / "g.safetensors")
-    back = prunekit.load(tmp_path / "g.safetensors")
+    back = prunekit.load(tmp_path / "g.safetensors", classes=[type(cnn)])
     assert torch.allclose(back(x), masked, atol=1e-6, rtol=0)
     assert prunekit.sparsity_report(back).layers["conv2"]["sparsity"] > 0.3
 

@@ -88,7 +88,8 @@ def restore(trainer, folder: str | Path | None) -> int:
     if state["world_size"] != trainer.world_size:
         raise PruningError(str(path), "resume training", f"the run used {state['world_size']} processes, this "
                            f"one {trainer.world_size}; resume with the same --nproc_per_node")
-    saved = prunekit.load(path / "model.safetensors", map_location=trainer.device)
+    own = {type(m) for m in trainer.model.modules()}  # the run's own classes: it wrote this file itself
+    saved = prunekit.load(path / "model.safetensors", map_location=trainer.device, classes=own)
     saved.__dict__.pop("prunekit_meta", None)
     trainer.model.__dict__.update(saved.__dict__)  # architecture, weights and masks as at the checkpoint
     trainer.model.train()
