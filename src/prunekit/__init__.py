@@ -6,7 +6,7 @@ The public verbs are imported lazily, so ``import prunekit`` stays cheap:
 - unstructured / N:M sparsity: ``sparsify``, ``finalize``, ``sparsity_report``
 - pruning during training: ``GradualPruner`` (unstructured), ``slimming_penalty`` (Network Slimming),
   ``prune_iteratively`` (structured cuts in rounds with training between them)
-- saving: ``save``, ``load``
+- saving: ``save``, ``load``; deployment: ``export_onnx`` (checked in onnxruntime)
 - measurement: ``profile``
 - token reduction: ``prunekit.tokens``
 """
@@ -25,6 +25,7 @@ _LAZY = {
     "sparsify": "prunekit.sparse", "finalize": "prunekit.sparse", "sparsity_report": "prunekit.sparse",
     "save": "prunekit.serialize", "load": "prunekit.serialize",
     "profile": "prunekit.measure",
+    "export_onnx": "prunekit.export",
 }
 __all__ = ["PruningError", "__version__", *_LAZY]
 

@@ -1,0 +1,75 @@
+"""ONNX export of pruned, sparsified, merged and DynamicViT models, each checked in onnxruntime."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import prunekit
+from prunekit.cli import main
+from prunekit.errors import PruningError
+from prunekit.export import check_onnx, export_onnx
+
+ort = pytest.importorskip("onnxruntime")
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3)
+
+
+def test_pruned_zoo_cnn_exports_with_a_dynamic_batch(tmp_path, capsys):
+    pruned = tmp_path / "r.safetensors"
+    assert main(["prune", "fmnist-resnet", "--target-macs", "0.5", "--out", str(pruned), "--limit", "10",
+                 "--repeats", "1"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "r.onnx"
+    assert main(["export", str(pruned), "--out", str(out), "--dynamic-batch", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["max_abs_diff"] <= doc["tolerance"] and doc["checked_batches"] == [8, 16]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 1, 28, 28)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    ref = prunekit.load(pruned).eval()(x).detach().numpy()
+    assert got.shape == (3, 10) and np.abs(got - ref).max() <= 1e-4 * (1 + np.abs(ref).max())
+
+
+def test_token_merged_vit_exports_with_its_fixed_token_counts(tmp_path):
+    from prunekit.tokens import merge
+    torch.manual_seed(0)
+    vit = VisionTransformer(**TINY).eval()
+    merge(vit, r=4)
+    res = export_onnx(vit, (torch.randn(2, 3, 32, 32),), tmp_path / "tome.onnx")
+    assert res["max_abs_diff"] <= res["tolerance"] and res["outputs"] == [[2, 3]]
+
+
+def test_dynamic_vit_and_a_finalized_sparse_model_export(tmp_path):
+    from prunekit.tokens import DynamicViT
+    torch.manual_seed(0)
+    dyn = DynamicViT(VisionTransformer(**{**TINY, "depth": 3}), stages=(1,), keep=0.5).eval()
+    res = export_onnx(dyn, (torch.randn(2, 3, 32, 32),), tmp_path / "dyn.onnx")
+    assert res["max_abs_diff"] <= res["tolerance"]
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    prunekit.sparsify(net, 0.5, ignore=[])
+    prunekit.finalize(net)
+    res = export_onnx(net, (torch.randn(5, 16),), tmp_path / "sparse.onnx", check=True)
+    assert res["max_abs_diff"] <= res["tolerance"]
+    assert check_onnx(tmp_path / "sparse.onnx", net, (torch.randn(5, 16),))["max_abs_diff"] < 1e-5
+
+
+class _DataDependent(torch.nn.Module):
+    def forward(self, x):
+        return x[: int(x.sum().item() > 0) + 1].numpy()
+
+
+def test_what_cannot_be_exported_is_a_pruning_error_and_leaves_no_file(tmp_path):
+    with pytest.raises(PruningError, match="_DataDependent: cannot export to ONNX"):
+        export_onnx(_DataDependent(), (torch.randn(2, 3),), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(PruningError, match="ending in .onnx"):
+        export_onnx(torch.nn.Linear(2, 2), (torch.randn(1, 2),), tmp_path / "x.pt")
+
+
+def test_cli_refuses_a_bad_out_path_before_building_a_model(monkeypatch, capsys):
+    def refuse(spec):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr("prunekit.cli.export.resolve_model", refuse)
+    assert main(["export", "fmnist-resnet", "--out", "model.pt"]) == 2
+    assert "give a path ending in .onnx" in capsys.readouterr().err
