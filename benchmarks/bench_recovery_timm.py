@@ -7,7 +7,9 @@ What a user types, run as subprocesses of ``python -m prunekit`` (the commands a
 2. ``prunekit finetune timm:resnet18 --data imagefolder:train --val imagefolder:val --epochs E1``
    (random init: no model hub here; the 1000-class head is replaced by a 10-class one);
 3. ``prunekit prune dense.safetensors --target-macs 0.5 --finetune-epochs E2 --data ... --distill``
-   (the dense model as teacher), and the same without ``--distill``, and with no fine-tune at all.
+   (the dense model as teacher), and the same without ``--distill``, and with no fine-tune at all;
+4. the control: ``prunekit finetune dense.safetensors --epochs E2`` (dense, trained as long again),
+   since a dense model trained for E1 epochs only may itself gain from E2 more.
 
 Top-1 on the ``--val`` images; ``--img-size`` px inputs (a CPU budget). Resumable: a step whose
 output file exists is not run again. Threads: ``--threads``.
@@ -70,6 +72,9 @@ def main() -> None:
     dense_file = work / "dense.safetensors"
     dense = prunekit(["finetune", "timm:resnet18", "--epochs", f"{args.epochs:g}", *data, "--out", str(dense_file)],
                      dense_file, args.threads)
+    more = work / "dense-more.safetensors"  # the control: the dense model trained as long again
+    control = prunekit(["finetune", str(dense_file), "--epochs", f"{args.recover_epochs:g}", *data, "--out",
+                        str(more)], more, args.threads)
     arms = {}
     for arm, extra in (("cut only", []),
                        ("fine-tune", ["--finetune-epochs", f"{args.recover_epochs:g}", *data]),
@@ -84,7 +89,10 @@ def main() -> None:
     d = dense["result"]
     rows = [["timm resnet18, dense", f"{args.epochs:g} epochs from random init", d["top1"], 1.0, "-",
              round(d["seconds"], 1)]]
-    gaps = {}
+    c = control["result"]
+    rows.append(["timm resnet18, dense", f"+ {args.recover_epochs:g} more epochs (control)", c["top1"], 1.0, "-",
+                 round(c["seconds"], 1)])
+    gaps = {"dense + more epochs (control)": round(100 * (c["top1"] - d["top1"]), 2)}
     for arm, doc in arms.items():
         r = doc["result"]
         top1 = r["metric"]["top1"]
@@ -100,11 +108,11 @@ def main() -> None:
                         f"{args.img_size} px, batch {args.batch}, timm preprocessing (random resized crop >= 50% "
                         "area, flip, colour jitter), AdamW lr 1e-3 warm-up + cosine, one process. Points vs dense: "
                         f"{json.dumps(gaps)} (the goal: within 1 point). Commands: "
-                        + " ; ".join([dense["command"]] + [a["command"] for a in arms.values()])),
+                        + " ; ".join([dense["command"], control["command"]] + [a["command"] for a in arms.values()])),
                  setup={"train_images": args.train, "val_images": args.val, "epochs": args.epochs,
                         "recover_epochs": args.recover_epochs, "img_size": args.img_size, "batch": args.batch,
                         "threads": args.threads},
-                 raw={"dense": dense, "arms": arms, "points_vs_dense": gaps})
+                 raw={"dense": dense, "control": control, "arms": arms, "points_vs_dense": gaps})
 
 
 if __name__ == "__main__":
