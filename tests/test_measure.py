@@ -79,3 +79,31 @@ def test_count_macs_of_a_model_that_passes_a_parameter_view_to_a_block():
     model = timm.create_model("cait_xxs24_224", img_size=32, patch_size=8, embed_dim=64, num_heads=4, depth=1,
                               num_classes=10).eval()
     assert measure.count_macs(model, (torch.randn(2, 3, 32, 32),)) > 0
+
+
+def test_no_process_wide_state_is_left_changed(monkeypatch):
+    """Counting MACs turns the MHA fast path off only while it counts; loading MiniLM sets no env var."""
+    import os
+
+    import torch
+
+    from prunekit.measure import count_macs
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(1, 4, 8)
+    before = torch.backends.mha.get_fastpath_enabled()
+    macs = count_macs(_Self(mha), (x,))
+    assert torch.backends.mha.get_fastpath_enabled() == before
+    assert macs >= 3 * 4 * 8 * 8 + 4 * 8 * 8  # the in- and out-projections at least: the fused path counts none
+    from prunekit.zoo.minilm import _load_model
+    _load_model()
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+class _Self(__import__("torch").nn.Module):
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]

