@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
            "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads",
-           "no_mha_fastpath"]
+           "no_mha_fastpath", "rnn_macs"]
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:
@@ -74,16 +74,50 @@ def no_mha_fastpath():
 def count_macs(model: nn.Module, inputs: Any) -> int:
     """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2), with
     ``nn.MultiheadAttention`` counted op by op (:func:`no_mha_fastpath`)."""
-    for grad in (False, True):
-        counter = FlopCounterMode(display=False)
-        try:
-            with torch.set_grad_enabled(grad), no_mha_fastpath(), counter:
-                run_model(model, inputs)
-            break
-        except AssertionError as e:  # torch's module tracker fails on a parameter view made under no_grad
-            if grad or "gradient function" not in str(e):  # (CaiT's expanded cls_token): count with grad on
-                raise
-    return int(counter.get_total_flops() // 2)
+    recurrent = [0]
+    hooks = [m.register_forward_hook(_rnn_macs(recurrent)) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    try:
+        for grad in (False, True):
+            counter = FlopCounterMode(display=False)
+            recurrent[0] = 0
+            try:
+                with torch.set_grad_enabled(grad), no_mha_fastpath(), counter:
+                    run_model(model, inputs)
+                break
+            except AssertionError as e:  # torch's module tracker fails on a parameter view made under no_grad
+                if grad or "gradient function" not in str(e):  # (CaiT's expanded cls_token): count with grad on
+                    raise
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(counter.get_total_flops() // 2) + recurrent[0]
+
+
+def rnn_macs(module: nn.RNNBase, x: torch.Tensor) -> int:
+    """Multiply-accumulates of an LSTM / GRU / RNN over input ``x`` (the flop counter has no rule for
+    the fused recurrent kernels): ``gates * hidden * (input + hidden)`` per step, layer and direction.
+
+    >>> rnn_macs(nn.LSTM(8, 16), torch.randn(5, 2, 8))   # 4 gates * 16 * (8 + 16) * 5 steps * 2 sequences
+    15360
+    """
+    if hasattr(x, "data") and type(x).__name__ == "PackedSequence":
+        steps_batch = int(x.data.shape[0])
+    else:
+        steps_batch = int(x.shape[0] * x.shape[1]) if x.dim() == 3 else int(x.shape[0])
+    gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+    dirs = 2 if module.bidirectional else 1
+    h, out = module.hidden_size, module.proj_size or module.hidden_size
+    total = 0
+    for layer in range(module.num_layers):
+        inp = module.input_size if layer == 0 else out * dirs
+        total += dirs * (gates * h * (inp + out) + (h * out if module.proj_size else 0))
+    return total * steps_batch
+
+
+def _rnn_macs(acc: list[int]):
+    def hook(module, args, output):
+        acc[0] += rnn_macs(module, args[0])
+    return hook
 
 
 @contextmanager

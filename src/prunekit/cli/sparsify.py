@@ -127,7 +127,8 @@ def run(args) -> int:
     out["model"] = wl.name
     out["ratios"]["nonzero_params"] = round(sparse["nonzero_params"] / dense["nonzero_params"], 4)
     out["sparsity"] = {"target": res.target, "achieved": res.total, "method": res.method, "pattern": res.pattern,
-                       "scope": res.scope, "layers": len(res.layers)}
+                       "scope": res.scope, "layers": len(res.layers), "coverage": round(res.coverage, 4),
+                       "untouched": res.untouched}
     if training:
         out["sparsity"][key] = training
     out["file_bytes"] = Path(args.out).stat().st_size

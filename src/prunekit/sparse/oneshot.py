@@ -26,7 +26,7 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.sparse import masks as M
 from prunekit.sparse.masking import MASK_NAME, attach_mask, is_masked
-from prunekit.sparse.targets import default_targets, input_norms
+from prunekit.sparse.targets import default_targets, input_norms, output_layer
 
 __all__ = ["sparsify", "SparsityResult", "METHODS", "SCOPES"]
 
@@ -46,6 +46,13 @@ class SparsityResult:
     total: float = 0.0
     numel: int = 0
     pruned: int = 0
+    untouched: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def coverage(self) -> float:
+        """Share of the model's weight matrices (parameters of 2+ dims) that were sparsified at all."""
+        rest = sum(self.untouched.values())
+        return self.numel / (self.numel + rest) if self.numel + rest else 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -161,9 +168,11 @@ def sparsify(model: nn.Module, sparsity: float | None, *, method: str = "magnitu
             output layer is always left dense).
         seed: seed of ``method="random"``.
 
-    Masks stay attached (one bool per weight, see :mod:`prunekit.sparse.masking`) until
-    :func:`prunekit.finalize`. A new call replaces earlier masks. Raises ``PruningError`` and leaves
-    the model unchanged on bad input.
+    ``result.untouched`` names the weight matrices no target covers (recurrent layers, attention
+    in-projections held as bare parameters, embeddings, ignored layers) and ``result.coverage`` the
+    share of weights that were sparsified at all. Masks stay attached (one bool per weight, see
+    :mod:`prunekit.sparse.masking`) until :func:`prunekit.finalize`. A new call replaces earlier
+    masks. Raises ``PruningError`` and leaves the model unchanged on bad input.
 
     >>> import torch
     >>> lin = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
@@ -186,4 +195,10 @@ def sparsify(model: nn.Module, sparsity: float | None, *, method: str = "magnitu
         result.numel += mask.numel()
         result.pruned += zeros
     result.total = round(result.pruned / result.numel, 6)
+    covered = {id(m.weight) for _, m in targets}
+    head = output_layer(model)
+    skip = {id(p) for p in head.parameters()} if head is not None else set()
+    for pname, p in model.named_parameters():  # what no target covers: LSTM, MHA in_proj, embeddings, ...
+        if p.dim() >= 2 and id(p) not in covered and id(p) not in skip:
+            result.untouched[pname] = p.numel()
     return result
