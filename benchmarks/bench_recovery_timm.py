@@ -107,7 +107,9 @@ def main() -> None:
                  notes=(f"{args.train} training / {args.val} validation PNGs (Fashion-MNIST train / test splits), "
                         f"{args.img_size} px, batch {args.batch}, timm preprocessing (random resized crop >= 50% "
                         "area, flip, colour jitter), AdamW lr 1e-3 warm-up + cosine, one process. Points vs dense: "
-                        f"{json.dumps(gaps)} (the goal: within 1 point). Commands: "
+                        f"{json.dumps(gaps)} (the goal: within 1 point of dense; against the control trained as long, "
+                        "compare the rows). The speed-up column is prunekit prune's batch-1 latency ratio, taken "
+                        "while other jobs shared the 2 cores: indicative only (the MACs ratio is exact). Commands: "
                         + " ; ".join([dense["command"], control["command"]] + [a["command"] for a in arms.values()])),
                  setup={"train_images": args.train, "val_images": args.val, "epochs": args.epochs,
                         "recover_epochs": args.recover_epochs, "img_size": args.img_size, "batch": args.batch,
