@@ -73,3 +73,14 @@ def test_cli_refuses_a_bad_out_path_before_building_a_model(monkeypatch, capsys)
     monkeypatch.setattr("prunekit.cli.export.resolve_model", refuse)
     assert main(["export", "fmnist-resnet", "--out", "model.pt"]) == 2
     assert "give a path ending in .onnx" in capsys.readouterr().err
+
+
+def test_local_then_global_merging_exports_with_static_shapes(tmp_path):
+    """merge_dense keeps its grouping as plain sizes and constant indices, so torch.export sees no
+    data-dependent shape, and onnxruntime runs it (no boolean Where)."""
+    from prunekit.tokens import merge_dense
+    torch.manual_seed(0)
+    vit = VisionTransformer(**{**TINY, "img_size": 32, "patch_size": 4}).eval()
+    merge_dense(vit, windows=6, r=2)
+    res = export_onnx(vit, (torch.randn(2, 3, 32, 32),), tmp_path / "dense.onnx")
+    assert res["max_abs_diff"] <= res["tolerance"] and res["outputs"] == [[2, 3]]

@@ -136,6 +136,13 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path, *, dyna
             runs = [check_onnx(path, model, example_inputs)]
             if dynamic_batch:
                 runs.append(check_onnx(path, model, _bigger_batch(example_inputs, 2)))
+        except PruningError:
+            path.unlink(missing_ok=True)
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime cannot run what the exporter wrote
+            path.unlink(missing_ok=True)
+            line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise PruningError(type(model).__name__, "run the ONNX export in onnxruntime", line[:300]) from e
         finally:
             model.train(was)
         diff = max(r["max_abs_diff"] for r in runs)

@@ -25,7 +25,8 @@ import torch
 
 from prunekit.tokens.matching import Matching, identity_matching
 
-__all__ = ["LocalMerge", "window_groups", "group_scores", "matching_from_assignment", "group_matching"]
+__all__ = ["LocalMerge", "window_groups", "GroupLayout", "group_layout", "group_scores", "matching_from_assignment",
+           "group_matching"]
 
 
 @dataclass(frozen=True)
@@ -78,22 +79,47 @@ def window_groups(grid: tuple[int, int, int], window: tuple[int, int, int]) -> t
     return torch.where(full, gid, -1).flatten()
 
 
-def group_scores(metric: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+@dataclass
+class GroupLayout:
+    """A token grouping with its sizes worked out once (plain ints and constant index tensors), so that
+    merging by it has static shapes (``torch.export`` / ONNX) and repeats no work per forward."""
+
+    groups: torch.Tensor       # (N,) group of each token, -1 for none
+    inside: torch.Tensor       # indices of the grouped tokens
+    members: torch.Tensor      # their groups, groups[inside]
+    size: int                  # tokens per group
+    count: int                 # number of groups
+
+
+def group_layout(groups: torch.Tensor | GroupLayout) -> GroupLayout:
+    """:class:`GroupLayout` of a ``groups`` tensor (as from :func:`window_groups`); checks equal sizes >= 2."""
+    if isinstance(groups, GroupLayout):
+        return groups
+    inside = torch.nonzero(groups >= 0).flatten()
+    members = groups[inside]
+    if members.numel() == 0:
+        return GroupLayout(groups, inside, members, 0, 0)
+    sizes = torch.bincount(members)
+    if not bool((sizes == sizes[0]).all()) or int(sizes[0]) < 2:
+        raise ValueError(f"groups must have equal sizes >= 2, got sizes {sizes.tolist()}")
+    return GroupLayout(groups, inside, members, int(sizes[0]), sizes.numel())
+
+
+def group_scores(metric: torch.Tensor, groups: torch.Tensor | GroupLayout) -> torch.Tensor:
     """Mean pairwise cosine similarity ``(B, G)`` of the tokens of each group.
 
     ``metric`` ``(B, N, C)`` holds the grouped tokens only; ``groups`` ``(N,)`` as from
-    :func:`window_groups` (equal-sized groups, -1 for none).
+    :func:`window_groups` (equal-sized groups, -1 for none), or its :class:`GroupLayout`.
 
     >>> x = torch.tensor([[[1., 0.], [1., 0.], [1., 0.], [0., 1.]]])
     >>> group_scores(x, torch.tensor([0, 0, 1, 1])).tolist()
     [[1.0, 0.0]]
     """
+    lay = group_layout(groups)
     m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    inside = groups >= 0
-    n_groups = int(groups.max()) + 1
-    k = int((groups == 0).sum())
-    sums = m.new_zeros(m.shape[0], n_groups, m.shape[-1])
-    sums.index_add_(1, groups[inside], m[:, inside])
+    k = lay.size
+    sums = m.new_zeros(m.shape[0], lay.count, m.shape[-1])
+    sums.index_add_(1, lay.members.to(m.device), m.index_select(1, lay.inside.to(m.device)))
     # sum over pairs i != j of m_i . m_j = |sum m|^2 - k for unit vectors
     return (sums.pow(2).sum(-1) - k) / (k * (k - 1))
 
@@ -124,24 +150,23 @@ def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, nu
                    threshold: float | None = None) -> Matching:
     """Merge, per image, the ``count`` groups of ``metric`` ``(B, N, C)`` whose tokens are most alike.
 
-    ``groups`` ``(N - num_protected,)`` gives each unprotected token's group (:func:`window_groups`).
+    ``groups`` ``(N - num_protected,)`` gives each unprotected token's group (:func:`window_groups`),
+    or its :class:`GroupLayout` (what a patched model keeps: static shapes, exportable).
     ``threshold``: merge only groups scoring at least this (ALGM's adaptive rule); the count is then
     the smallest number of such groups among the images of the batch, at most ``count``. The output
     is the prefix, the tokens left alone (in order), then one token per merged group.
     """
     B, N, _ = metric.shape
     p = num_protected
-    groups = groups.to(metric.device)
+    lay = group_layout(groups)
+    groups = lay.groups.to(metric.device)
     if groups.shape != (N - p,):
         raise ValueError(f"{N - p} unprotected tokens but a grouping of {tuple(groups.shape)}")
-    if not (groups >= 0).any():
+    if lay.count == 0:
         return identity_matching()
-    sizes = torch.bincount(groups[groups >= 0])
-    if not bool((sizes == sizes[0]).all()) or int(sizes[0]) < 2:
-        raise ValueError(f"groups must have equal sizes >= 2, got sizes {sizes.tolist()}")
-    k, n_groups = int(sizes[0]), sizes.numel()
+    k, n_groups = lay.size, lay.count
     with torch.no_grad():
-        scores = group_scores(metric[:, p:], groups)
+        scores = group_scores(metric[:, p:], lay)
         count = min(int(count), n_groups)
         if threshold is not None:
             count = min(count, int((scores >= threshold).sum(1).min()))
@@ -149,7 +174,7 @@ def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, nu
             return identity_matching()
         chosen = torch.zeros(B, n_groups, dtype=torch.bool, device=metric.device)
         chosen.scatter_(1, scores.topk(count, dim=1).indices, True)
-        in_chosen = torch.where(groups >= 0, chosen[:, groups.clamp_min(0)], False)  # (B, N - p)
+        in_chosen = chosen[:, groups.clamp_min(0)] & (groups >= 0)  # (B, N - p); no bool where (ONNX)
         n_alone = N - p - count * k
         alone_rank = (~in_chosen).long().cumsum(1) - 1
         group_slot = chosen.long().cumsum(1) - 1  # (B, G): rank of each chosen group
