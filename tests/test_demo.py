@@ -47,7 +47,7 @@ def test_during_training_steps_prune_and_leave_the_dense_model(monkeypatch):
     """The three pruning-during-training rows, with 20 steps of 64 images to an epoch so the test stays short."""
     import prunekit
     from prunekit import demo
-    from prunekit.structured import finetune as ft
+    from prunekit.zoo import finetune as ft
     real, steps_of = ft.finetune, (lambda epochs: max(1, round(epochs * 20)))
     monkeypatch.setattr(ft, "finetune_steps", steps_of)
     monkeypatch.setattr(ft, "finetune", lambda m, name, epochs, **kw: real(m, name, 1, samples=64 * steps_of(epochs),
