@@ -131,8 +131,7 @@ def save(model: nn.Module, path: str | Path, meta: dict | None = None) -> None:
     ptrs: set[int] = set()
     tensors: dict[str, dict] = {}
     data: dict[str, torch.Tensor] = {}
-    slots = [(m, mod, k, a, t) for m, mod, k, a, t in _slots(model)] + [("", None, "extra", k, t)
-                                                                         for k, t in extra.items()]
+    slots = [*_slots(model), *(("", None, "extra", k, t) for k, t in extra.items())]
     for mname, _, kind, attr, t in slots:
         full = f"{mname}.{attr}" if mname else attr
         if id(t) not in canonical:

@@ -20,11 +20,21 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _unchanged(model, before, out_before):
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(after[k], before[k]) for k in before)
-    assert torch.equal(model(X), out_before)
+def _apply_or_refused(model, fn):
+    """``(result, ref, out)`` after ``fn(model)``, or ``None`` when it raised PruningError and left the model
+    bit-identical (asserted)."""
+    with torch.no_grad():
+        ref = model(X)
+        before = _state(model)
+        try:
+            res = fn(model)
+        except PruningError:
+            after = model.state_dict()
+            assert after.keys() == before.keys()
+            assert all(torch.equal(after[k], before[k]) for k in before)
+            assert torch.equal(model(X), ref)
+            return None
+        return res, ref, model(X)
 
 
 @SETTINGS
@@ -32,15 +42,10 @@ def _unchanged(model, before, out_before):
 def test_prune_succeeds_or_refuses_cleanly(spec, ratio, scope):
     torch.manual_seed(0)
     model = FuzzNet(spec).eval()
-    with torch.no_grad():
-        ref = model(X)
-        before = _state(model)
-        try:
-            res = prunekit.prune(model, (X,), ratio=ratio, scope=scope)
-        except PruningError:
-            _unchanged(model, before, ref)
-            return
-        out = model(X)
+    done = _apply_or_refused(model, lambda m: prunekit.prune(m, (X,), ratio=ratio, scope=scope))
+    if done is None:
+        return
+    res, ref, out = done
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert res.macs_after == count_macs(model, (X,)) and res.macs_after <= res.macs_before
 
@@ -50,15 +55,11 @@ def test_prune_succeeds_or_refuses_cleanly(spec, ratio, scope):
 def test_sparsify_succeeds_or_refuses_cleanly(spec, sparsity, pattern):
     torch.manual_seed(0)
     model = FuzzNet(spec).eval()
-    with torch.no_grad():
-        ref = model(X)
-        before = _state(model)
-        try:
-            res = prunekit.sparsify(model, None if pattern == "2:4" else sparsity, pattern=pattern)
-        except PruningError:
-            _unchanged(model, before, ref)
-            return
-        out = model(X)
+    done = _apply_or_refused(model, lambda m: prunekit.sparsify(m, None if pattern == "2:4" else sparsity,
+                                                                 pattern=pattern))
+    if done is None:
+        return
+    res, ref, out = done
     assert out.shape == ref.shape and torch.isfinite(out).all()
     report = prunekit.sparsity_report(model)
     pruned = [n for n in res.layers]

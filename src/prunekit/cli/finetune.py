@@ -14,7 +14,16 @@ finetune ...`` it trains in DDP (NCCL on GPUs, gloo on CPUs). ``--json`` prints 
 from __future__ import annotations
 
 from prunekit.cli.common import check_out, print_result, resolve_model
-from prunekit.cli.recover import add_train_args, check_args, check_teacher, load_data, recover, saved_meta, validate
+from prunekit.cli.recover import (
+    add_train_args,
+    check_args,
+    check_teacher,
+    example_of,
+    load_data,
+    recover,
+    saved_meta,
+    validate,
+)
 
 
 def register(sub) -> None:
@@ -65,13 +74,3 @@ def run(args) -> int:
         print_result(result, args.json)
     return 0
 
-
-def example_of(data, wl):
-    """One input batch the model is really fed (shapes from the data, for tracing and checks)."""
-    ds = data.val if data.val is not None and hasattr(data.val, "__getitem__") else data.train
-    if hasattr(ds, "__getitem__") and hasattr(ds, "__len__"):
-        item = ds[0]
-        if isinstance(item, dict):
-            return {k: v[None] for k, v in item.items() if k != "labels"}
-        return (item[0][None],)
-    return wl.example_inputs

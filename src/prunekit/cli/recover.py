@@ -19,7 +19,7 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.train.data import check_spec, describe, hf_text, image_folder, num_classes, split
 
-__all__ = ["add_train_args", "check_args", "Data", "load_data", "recover", "check_teacher"]
+__all__ = ["add_train_args", "check_args", "Data", "load_data", "recover", "check_teacher", "example_of"]
 
 
 def add_train_args(p, data_help: str = "training data: imagefolder:DIR, hf:DIR or a zoo name") -> None:
@@ -238,6 +238,16 @@ def prepare(args, wl, epochs: float, command: str, distill: bool = False) -> Dat
                            "fine-tune the dense model on this data first (prunekit finetune MODEL --data ... "
                            "--out dense.safetensors) and prune that file")
     data.info["head"] = head
-    from prunekit.cli.finetune import example_of
     wl.example_inputs = example_of(data, wl)
     return data
+
+
+def example_of(data, wl):
+    """One input batch the model is really fed (shapes from the data, for tracing and checks)."""
+    ds = data.val if data.val is not None and hasattr(data.val, "__getitem__") else data.train
+    if hasattr(ds, "__getitem__") and hasattr(ds, "__len__"):
+        item = ds[0]
+        if isinstance(item, dict):
+            return {k: v[None] for k, v in item.items() if k != "labels"}
+        return (item[0][None],)
+    return wl.example_inputs
