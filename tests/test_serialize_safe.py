@@ -125,3 +125,34 @@ def test_a_tree_naming_a_class_outside_the_allowed_libraries_is_refused(tmp_path
     save_file(data, str(path), metadata={**meta, "prunekit": json.dumps(header)})
     with pytest.raises(PruningError, match="not an nn.Module class"):
         prunekit.load(path)
+
+
+def test_an_enum_from_an_imported_outside_library_loads_and_an_unimported_one_is_not_imported(tmp_path,
+                                                                                              monkeypatch):
+    # transformers >= 5.25 sets ``model._kernels_mode = kernels...Mode.INFERENCE``: data from a library outside
+    # the allowed roots that an allowed one imports. Such an enum loads; the file cannot make us import anything.
+    import enum
+    import sys
+    import types
+    fake = types.ModuleType("pk_outside_lib")
+
+    class Mode(enum.Enum):
+        INFERENCE = 1
+    Mode.__module__, Mode.__qualname__ = "pk_outside_lib", "Mode"
+    fake.Mode = Mode
+    monkeypatch.setitem(sys.modules, "pk_outside_lib", fake)
+    net = torch.nn.Linear(2, 2)
+    net.mode = Mode.INFERENCE
+    path = tmp_path / "m.safetensors"
+    prunekit.save(net, path)
+    assert prunekit.load(path).mode is Mode.INFERENCE
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta, data = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header = json.loads(meta["prunekit"])
+    for path_, error in (("pk_not_imported_lib:Mode", "outside"), ("pk_outside_lib:Mode.__class__", "not an enum")):
+        header["tree"]["dict"]["mode"]["__enum__"] = path_
+        save_file(data, str(path), metadata={**meta, "prunekit": json.dumps(header)})
+        with pytest.raises(PruningError, match=error):
+            prunekit.load(path)
+        assert "pk_not_imported_lib" not in sys.modules

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import functools
 import importlib
+import sys
 import types
 from collections import OrderedDict
 from typing import Any
@@ -68,6 +69,31 @@ def resolve(path: str, extra: dict[str, Any] | None = None, anywhere: bool = Fal
     for part in qual.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def enum_member(path: str, value: Any, extra: dict[str, Any] | None = None) -> enum.Enum:
+    """The member ``value`` of the enum class ``path`` names.
+
+    Enums are data, so besides the allowed roots an enum may come from any module that is already
+    imported (a dependency of an allowed package put it there, e.g. ``kernels``' ``Mode`` on
+    transformers models); nothing is imported on the file's say-so, and the class must be an
+    ``enum.Enum``, so the lookup can only select a member, never call arbitrary code.
+
+    >>> enum_member("prunekit.errors:PruningError", 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: prunekit.errors:PruningError is not an enum class
+    """
+    module, _, qual = path.partition(":")
+    if module in sys.modules and module.split(".")[0] not in ALLOWED and not (extra or {}).get(f"module:{module}"):
+        cls: Any = sys.modules[module]
+        for part in qual.split("."):
+            cls = getattr(cls, part)
+    else:
+        cls = resolve(path, extra)
+    if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+        raise ValueError(f"{path} is not an enum class")
+    return cls(value)
 
 
 class _Encoder:
@@ -202,7 +228,7 @@ class _Decoder:
         if "__device__" in v:
             return torch.device(v["__device__"])
         if "__enum__" in v:
-            return resolve(v["__enum__"], self.classes)(self.value(v["value"]))
+            return enum_member(v["__enum__"], self.value(v["value"]), self.classes)
         if "__type__" in v:
             obj = resolve(v["__type__"], self.classes)
             if not isinstance(obj, type):
