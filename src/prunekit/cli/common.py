@@ -9,7 +9,7 @@ from prunekit.errors import PruningError
 from prunekit.zoo import NAMES, Workload
 from prunekit.zoo import load as load_zoo
 
-__all__ = ["resolve_model", "print_result", "compare", "add_measure_args"]
+__all__ = ["resolve_model", "print_result", "compare", "add_measure_args", "origin_meta"]
 
 
 def add_measure_args(p) -> None:
@@ -48,9 +48,9 @@ def _saved_input(meta: dict) -> tuple:
 
 
 def resolve_model(spec: str) -> Workload:
-    """A zoo name, ``timm:<name>`` (random weights offline unless cached), ``hf:<dir or hub id>`` (a
-    Hugging Face sequence classifier) or a saved prunekit file (``input_size`` in its metadata sets the
-    example input; a file saved from ``hf:`` comes back with its tokenizer)."""
+    """A zoo name, ``timm:<name>`` (random weights), ``hf:<dir or hub id>`` or a plain directory holding
+    ``config.json`` (a Hugging Face sequence classifier) or a saved prunekit file (``input_size`` in its
+    metadata sets the example input; a file saved from ``hf:`` comes back with its tokenizer)."""
     if spec in NAMES:
         return load_zoo(spec)
     if spec.startswith("timm:"):
@@ -68,6 +68,8 @@ def resolve_model(spec: str) -> Workload:
             from prunekit.zoo.minilm import model_path
             path = model_path()
         return _hf(path)
+    if Path(spec).is_dir() and (Path(spec) / "config.json").is_file():  # a save_pretrained directory
+        return _hf(spec)
     if Path(spec).exists():
         import prunekit
         model = prunekit.load(spec)
@@ -80,7 +82,23 @@ def resolve_model(spec: str) -> Workload:
             return _hf(meta["hf"], meta, model.eval())
         return Workload(spec, model.eval(), _saved_input(meta), lambda m, limit=None: {}, "model", "", meta)
     raise PruningError(spec, "load the model", f"unknown model; use a zoo name ({', '.join(NAMES)}), timm:<name>, "
-                       "hf:<dir or hub id> or the path of a saved prunekit file")
+                       "hf:<dir or hub id> (or a save_pretrained directory) or the path of a saved prunekit file")
+
+
+def origin_meta(wl: Workload) -> dict:
+    """Where ``wl``'s model came from, saved with it so that later verbs can rebuild its inputs: the zoo
+    name, the timm name, the Hugging Face directory (for its tokenizer), the input size, the classes."""
+    saved = getattr(wl.model, "prunekit_meta", None) or {}
+    meta = {k: saved[k] for k in ("zoo", "timm", "hf", "input_size", "classes") if k in saved}
+    if wl.name in NAMES:
+        meta["zoo"] = wl.name
+    elif wl.name.startswith("timm:"):
+        meta["timm"] = wl.name[5:]
+        if isinstance(wl.example_inputs, tuple) and len(wl.example_inputs) == 1:
+            meta.setdefault("input_size", list(wl.example_inputs[0].shape[1:]))
+    elif wl.task == "hf":
+        meta.setdefault("hf", wl.name[3:])
+    return meta
 
 
 def compare(before: dict, after: dict) -> dict:

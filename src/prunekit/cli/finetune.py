@@ -13,7 +13,7 @@ finetune ...`` it trains in DDP (NCCL on GPUs, gloo on CPUs). ``--json`` prints 
 """
 from __future__ import annotations
 
-from prunekit.cli.common import check_out, print_result, resolve_model
+from prunekit.cli.common import check_out, origin_meta, print_result, resolve_model
 from prunekit.cli.recover import (
     add_train_args,
     check_args,
@@ -63,11 +63,7 @@ def run(args) -> int:
     if head:
         result["head"] = head
     if args.out and D.is_main():
-        keep = {k: v for k, v in meta.items() if k in ("zoo", "timm", "hf", "prune")}
-        if wl.name.startswith("timm:"):
-            keep["timm"] = wl.name[5:]
-        if wl.task == "hf":
-            keep["hf"] = meta.get("hf") or wl.name[3:]
+        keep = {**origin_meta(wl), **{k: v for k, v in meta.items() if k == "prune"}}
         prunekit.save(wl.model, args.out, meta=saved_meta(data, {**keep, "finetune": info}))
         result["out"] = args.out
     if D.is_main():

@@ -13,7 +13,7 @@ from prunekit.measure import profile
 
 def register(sub) -> None:
     p = sub.add_parser("merge", help="merge tokens in a transformer (ToMe) and measure it against dense")
-    p.add_argument("model", help="zoo name, timm:<name> or saved model path")
+    p.add_argument("model", help="zoo name, timm:<name>, hf:<dir>, a save_pretrained directory or a saved model path")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--r", type=int, help="tokens merged per layer (constant)")
     how.add_argument("--target-macs", type=float, metavar="F",

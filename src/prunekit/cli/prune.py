@@ -19,6 +19,7 @@ from prunekit.cli.common import (
     check_out,
     check_range,
     compare,
+    origin_meta,
     print_result,
     require_finetune,
     resolve_model,
@@ -132,19 +133,11 @@ def run(args) -> int:
     result = compare(before, after)
     result["model"] = wl.name
     result["prune"] = info
-    zoo = (wl.info or {}).get("zoo") if isinstance(wl.info, dict) else None
-    meta = {"zoo": zoo or (wl.name if not wl.name.startswith("timm:") else None), "prune": info}
-    if wl.name.startswith("timm:"):
-        meta["timm"] = wl.name[5:]
-    for key in ("timm", "hf", "input_size", "classes"):
-        if key in (getattr(wl.model, "prunekit_meta", None) or {}):
-            meta.setdefault(key, wl.model.prunekit_meta[key])
+    meta = {**origin_meta(wl), "prune": info}
     if data is not None:
         meta = saved_meta(data, meta)
         if data.info.get("head"):
             result["head"] = data.info["head"]
-    elif isinstance(wl.example_inputs, tuple) and len(wl.example_inputs) == 1 and wl.name.startswith("timm:"):
-        meta["input_size"] = list(wl.example_inputs[0].shape[1:])
     prunekit.save(wl.model, args.out, meta=meta)
     result["out"] = args.out
     print_result(result, args.json)

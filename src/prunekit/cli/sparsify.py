@@ -21,19 +21,19 @@ from prunekit.cli.common import (
     add_measure_args,
     check_out,
     compare,
+    origin_meta,
     print_result,
     require_finetune,
     resolve_model,
 )
 from prunekit.cli.recover import add_train_args, prepare, recover, saved_meta, validate
 from prunekit.measure import profile
-from prunekit.zoo import NAMES
 
 
 def register(sub) -> None:
     p = sub.add_parser("sparsify", help="zero individual weights (magnitude / wanda / random; unstructured, N:M, "
                                         "block) and save the model compressed")
-    p.add_argument("model", help="zoo name, timm:<name> or saved model path")
+    p.add_argument("model", help="zoo name, timm:<name>, hf:<dir>, a save_pretrained directory or a saved model path")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights to remove, in [0, 1) (N:M patterns fix it at 1 - N/M)")
     p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "random"])
@@ -116,10 +116,7 @@ def run(args) -> int:
     key = "gradual" if args.gradual_epochs else "finetune"
     if training:
         meta["sparsify"][key] = training
-    if base in NAMES:
-        meta["zoo"] = base
-    if wl.name.startswith("timm:"):
-        meta["timm"] = wl.name[5:]
+    meta.update(origin_meta(wl))
     if data is not None:
         meta = saved_meta(data, meta)
     prunekit.save(wl.model, args.out, meta=meta)

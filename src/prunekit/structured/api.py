@@ -29,6 +29,7 @@ from prunekit.errors import PruningError
 from prunekit.measure import count_macs, count_params, run_model
 from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_module_stack, trace
 from prunekit.structured.heads import fix_attention, sync_hf_config
+from prunekit.structured.hf_save import guard_save_pretrained
 from prunekit.structured.importance import Importance, get_importance
 from prunekit.structured.rewrite import swap_rewritten, verify_swaps
 from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes, sync_model_attributes
@@ -397,6 +398,7 @@ def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap):
         cfg_changes = sync_hf_config(model, tr, keep)
         sync_model_attributes(model)
         _check(model, example_inputs, ref_shapes, op)
+        guard_save_pretrained(model)
     except PruningError:
         snap.restore()
         raise

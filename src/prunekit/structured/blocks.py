@@ -32,6 +32,7 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.measure import count_params, run_model
+from prunekit.structured.hf_save import guard_save_pretrained
 
 __all__ = ["drop_layers", "DropResult", "find_blocks", "block_influence", "BlockSite"]
 
@@ -500,5 +501,6 @@ def drop_layers(model: nn.Module, n: int | None = None, ratio: float | None = No
         for c in replaced:
             _replace(model, c, originals[c])
         raise PruningError(where, OPERATION, f"{type(exc).__name__}: {exc}; the model was restored") from exc
+    guard_save_pretrained(model)
     result.params_after = count_params(model)
     return result
