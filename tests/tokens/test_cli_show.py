@@ -42,6 +42,18 @@ def test_merge_cli_json_shape(workload, capsys):
     assert is_patched(workload.model)
 
 
+def test_merge_cli_says_when_r_is_clamped(workload, capsys):
+    # 49 patches + 1 class token: r=6 fits all 3 layers (49 -> 43 -> 37 -> 31); r=40 cannot
+    assert main(["merge", "tiny", "--r", "6", "--json", "--repeats", "1"]) == 0
+    tome = json.loads(capsys.readouterr().out)["tome"]
+    assert tome["r_per_layer"] == [6, 6, 6] and tome["tokens_per_layer"] == [44, 38, 32] and "clamped" not in tome
+    assert main(["merge", "tiny", "--r", "40", "--json", "--repeats", "1"]) == 0
+    captured = capsys.readouterr()
+    tome = json.loads(captured.out)["tome"]
+    assert tome["clamped"] and tome["r_per_layer"] == [24, 12, 6]  # half of the 49, 25, 13 unprotected tokens
+    assert "--r 40 is more than some layers can merge" in captured.err
+
+
 def test_merge_cli_target_macs(workload, capsys):
     assert main(["merge", "tiny", "--target-macs", "0.7", "--json", "--repeats", "2"]) == 0
     out = json.loads(capsys.readouterr().out)

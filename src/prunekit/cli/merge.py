@@ -30,13 +30,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from prunekit.errors import PruningError
-    from prunekit.tokens import merge, merge_dense, merge_video, schedule_of
+    from prunekit.tokens import last_info, merge, merge_dense, merge_video, schedule_of
     check_range("--r", args.r, 0, float("inf"), command="merge")
     check_range("--target-macs", args.target_macs, 0, 1, lo_open=True, command="merge")
     wl = resolve_model(args.model)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
     kwargs = dict(r=args.r if args.r is not None else 0, prop_attn=not args.no_prop_attn,
-                  target_macs=args.target_macs, example_inputs=wl.example_inputs)
+                  target_macs=args.target_macs, example_inputs=wl.example_inputs, trace_source=True)
     if args.windows is not None:
         apply = lambda m: merge_dense(m, windows=args.windows, **kwargs)
     elif args.tubes is not None:
@@ -55,5 +55,13 @@ def run(args) -> int:
     result["tome"] = {"r": getattr(schedule, "r", None), "schedule": repr(schedule),
                       "prop_attn": not args.no_prop_attn, "target_macs": args.target_macs,
                       "windows": args.windows, "tubes": args.tubes}
+    info = last_info(wl.model)  # what the last measured forward really merged, layer by layer
+    if info is not None:
+        result["tome"]["r_per_layer"] = list(info.r)
+        result["tome"]["tokens_per_layer"] = list(info.tokens)
+        if args.r is not None and args.windows is None and args.tubes is None and any(r < args.r for r in info.r):
+            result["tome"]["clamped"] = True
+            print(f"prunekit merge: --r {args.r} is more than some layers can merge (at most half of the tokens "
+                  f"they see); merged per layer: {list(info.r)}", file=sys.stderr)
     print_result(result, args.json)
     return 0
