@@ -1,4 +1,5 @@
 """Attribute fix-ups after surgery for modules whose forward reads a width from an attribute."""
+import pytest
 import torch
 from timm.models.metaformer import MetaFormer, Pooling
 
@@ -149,3 +150,25 @@ def test_a_sparsity_mask_is_cut_with_its_weight():
     assert torch.equal(net[0].weight_mask, masks[0][idx])
     net(torch.randn(2, 8))  # the mask hooks still apply
     assert torch.equal(net[0].weight == 0, ~net[0].weight_mask | (net[0].weight == 0))
+
+
+def test_a_literal_split_size_that_pruning_breaks_is_named_and_the_model_is_unchanged():
+    import prunekit
+    from prunekit.errors import PruningError
+
+    class Gated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            u, v = torch.split(self.a(x), 8, dim=-1)
+            return self.b(u * v)
+    torch.manual_seed(0)
+    model, x = Gated(), torch.randn(2, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruningError, match=r"Gated.forward.*torch.split\(x, 8\) on a dim that was pruned to 8"):
+        prunekit.prune(model, (x,), ratio=0.5)
+    assert model.a.out_features == 16 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    res = prunekit.prune(model, (x,), ratio=0.5, ignore=[model.a])  # the fix the message names
+    assert model(x).shape == (2, 4) and model.a.out_features == 16 and res is not None

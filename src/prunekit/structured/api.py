@@ -399,13 +399,31 @@ def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap):
         sync_model_attributes(model)
         _check(model, example_inputs, ref_shapes, op)
         guard_save_pretrained(model)
-    except PruningError:
+    except PruningError as e:
         snap.restore()
-        raise
+        split = _pruned_split(tr, keep)
+        if split is None:
+            raise
+        where = split[0] or f"<model> ({type(model).__name__}.forward)"
+        raise PruningError(where, op, f"{e.reason}; its forward calls torch.split(x, {split[1]}) on a dim that "
+                           f"was pruned to {split[2]}, and a literal split size cannot follow the pruning: use "
+                           "torch.chunk or a size read from the layer's weights, or put the layer producing x "
+                           "in ignore=") from e
     except Exception as e:  # noqa: BLE001
         snap.restore()
         raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
     return attn_log, cfg_changes
+
+
+def _pruned_split(tr: TraceResult, keep: dict) -> tuple[str, int, int] | None:
+    """The first ``torch.split(x, size)`` (fixed size) whose dim the surgery made smaller."""
+    for mod, kind, info in tr.module_ops:
+        if kind == "split":
+            size, label = info
+            full, kept = tr.graph.kept_size(label, {}), tr.graph.kept_size(label, keep)
+            if kept < full:
+                return mod, size, kept
+    return None
 
 def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: str) -> None:
     was = model.training

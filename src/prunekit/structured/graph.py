@@ -697,6 +697,9 @@ class _Tracer(TorchDispatchMode):
         if len(out) == 1:
             self.set(out[0], list(self.lab(x)))
             return
+        size = args[1] if len(args) > 1 else kwargs.get("split_size")
+        if isinstance(size, int):  # split(x, 8): if 8 is a literal, pruning the dim changes the piece count
+            self.module_ops.append((self.module(), "split", (size, self.lab(x)[d])))
         self._split_outputs(x, d, out)
 
     op_split_with_sizes = op_split
