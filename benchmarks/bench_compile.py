@@ -11,8 +11,6 @@ graph breaks, then ``torch.compile(model)`` (inductor, default mode) is timed af
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -20,10 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_export_ort import PAIRS, _compress, _median_ms  # noqa: E402
+from bench_export_ort import _median_ms, pairs, timing_args  # noqa: E402
 from common import write_result  # noqa: E402
-
-from prunekit.zoo import load  # noqa: E402
 
 
 def _measure(model, inputs: tuple, warmup: int, repeats: int) -> dict:
@@ -44,18 +40,9 @@ def _measure(model, inputs: tuple, warmup: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=20)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing_args(__doc__)
     rows, raw = [], {}
-    for name, how, label in PAIRS:
-        wl = load(name)
-        inputs = tuple(wl.example_inputs)
-        dense = wl.model.eval()
-        comp = _compress(name, how, copy.deepcopy(dense), inputs).eval()
+    for name, how, label, inputs, dense, comp in pairs():
         r = {tag: _measure(m, inputs, args.warmup, args.repeats) for tag, m in (("dense", dense), ("compressed", comp))}
         eager_x = r["dense"]["eager_ms"] / r["compressed"]["eager_ms"]
         compiled_x = r["dense"]["compiled_ms"] / r["compressed"]["compiled_ms"]

@@ -74,20 +74,31 @@ PAIRS = [("fmnist-resnet", "prune", "structured, 50% MACs"), ("fmnist-vit", "pru
          ("motion-vivit", "tubes", "30 time tubes + ToMe r=8")]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_args(doc: str) -> argparse.Namespace:
+    """``--threads/--warmup/--repeats`` parsed, and torch's thread count set from them."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def pairs():
+    """``(name, how, label, inputs, dense, compressed)`` for every pair in :data:`PAIRS`."""
+    for name, how, label in PAIRS:
+        wl = load(name)
+        inputs = tuple(wl.example_inputs)
+        dense = wl.model.eval()
+        yield name, how, label, inputs, dense, _compress(name, how, copy.deepcopy(dense), inputs).eval()
+
+
+def main() -> None:
+    args = timing_args(__doc__)
     rows, raw = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, how, label in PAIRS:
-            wl = load(name)
-            inputs = tuple(wl.example_inputs)
-            dense = wl.model.eval()
-            comp = _compress(name, how, copy.deepcopy(dense), inputs).eval()
+        for name, how, label, inputs, dense, comp in pairs():
             r = {}
             try:
                 for tag, model in (("dense", dense), ("compressed", comp)):

@@ -63,7 +63,9 @@ def run(args) -> int:
     if head:
         result["head"] = head
     if args.out and D.is_main():
-        keep = {**origin_meta(wl), **{k: v for k, v in meta.items() if k == "prune"}}
+        keep = origin_meta(wl)
+        if "prune" in meta:  # the pruning that came before this fine-tune
+            keep["prune"] = meta["prune"]
         prunekit.save(wl.model, args.out, meta=saved_meta(data, {**keep, "finetune": info}))
         result["out"] = args.out
     if D.is_main():
