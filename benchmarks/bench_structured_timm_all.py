@@ -31,7 +31,7 @@ def _one(name: str, queue, max_gb: float = 0.0) -> None:
     import torch
 
     import prunekit
-    from prunekit.structured.graph import _tensors
+    from prunekit.structured.trace import flat_tensors as _tensors
     torch.set_num_threads(1)
     torch.manual_seed(0)
     t0 = time.perf_counter()

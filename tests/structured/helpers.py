@@ -8,7 +8,7 @@ from torch import nn
 
 import prunekit
 from prunekit.measure import run_model
-from prunekit.structured.graph import _tensors
+from prunekit.structured.trace import flat_tensors as _tensors
 
 
 def outputs(model: nn.Module, inputs) -> list[torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 import prunekit
 from prunekit.measure import run_model
-from prunekit.structured.graph import _tensors
+from prunekit.structured.trace import flat_tensors as _tensors
 
 from .helpers import HF_BUILDERS
 

@@ -1,6 +1,6 @@
 """``prunekit.prune`` and ``prunekit.groups``: dependency-aware structured pruning of any nn.Module.
 
-The model is traced once (``graph.py``) into coupled groups of prunable dimensions; each group's
+The model is traced once (``trace/``) into coupled groups of prunable dimensions; each group's
 units (channels/neurons, or attention heads) are scored (``importance.py``), the lowest are chosen
 per group (``scope="local"``) or over all groups of a unit type (``scope="global"``, at most
 ``max_group_ratio`` of any group), and the surgery (``surgery.py``, ``heads.py``) builds new, smaller
@@ -27,12 +27,12 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.measure import count_macs, count_params, run_model
-from prunekit.structured.graph import Group, TraceResult, _tensors, run_with_module_stack, trace
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.hf_save import guard_save_pretrained
 from prunekit.structured.importance import Importance, get_importance
 from prunekit.structured.rewrite import swap_rewritten, verify_swaps
 from prunekit.structured.surgery import Snapshot, apply_keep, fix_module_attributes, sync_model_attributes
+from prunekit.structured.trace import Group, TraceResult, flat_tensors, run_with_module_stack, trace
 from prunekit.structured.width_free import SWAPS, swap_width_free
 
 __all__ = ["prune", "groups", "PruneResult", "GroupList"]
@@ -246,7 +246,7 @@ def _keep_sets(groups_: list[Group], scores: list[torch.Tensor], kept: list[int]
 
 
 def _shapes(out: Any) -> list[tuple]:
-    return [tuple(t.shape) for t in _tensors(out)]
+    return [tuple(t.shape) for t in flat_tensors(out)]
 
 
 MAX_SKIPPED_CLASSES = 8  # on_failure="skip": give up after this many module classes were left as they are

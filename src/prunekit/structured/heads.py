@@ -1,6 +1,6 @@
 """Attention heads as pruning units, and the attribute fix-ups that keep attention modules working.
 
-The tracer (``graph.py``) finds heads from the attention op itself: the ``heads`` dimension of the
+The tracer (``trace/``) finds heads from the attention op itself: the ``heads`` dimension of the
 query/key/value fed to ``scaled_dot_product_attention`` is one unit set, shared by the fused ``qkv``
 projection of timm, the separate q/k/v projections of Hugging Face models and the output
 projection. Under grouped-query attention a query head is ``(kv_head, group member)``, so removing
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunekit.structured.graph import TraceResult
+from prunekit.structured.trace import TraceResult
 
 __all__ = ["PrunedMultiheadAttention", "fix_attention", "sync_hf_config"]
 

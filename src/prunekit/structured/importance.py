@@ -16,7 +16,7 @@ A user's own criterion subclasses :class:`Importance` and returns one score per 
 ...     def __call__(self, group, params):
 ...         return unit_scores(group, params, lambda name, w: w.abs())
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
->>> from prunekit.structured.graph import trace
+>>> from prunekit.structured.trace import trace
 >>> grp = trace(net, (torch.randn(1, 4),)).groups()[0]
 >>> Smallest()(grp, dict(net.named_parameters())).shape
 torch.Size([6])
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.structured.graph import Group, TraceResult
+from prunekit.structured.trace import Group, TraceResult, flat_tensors
 
 __all__ = ["Importance", "Magnitude", "BNScale", "Taylor", "RandomImportance", "unit_scores", "get_importance",
            "CRITERIA"]
@@ -101,10 +101,9 @@ class BNScale(Importance):
 
 
 def _loss(out: Any, target: Any) -> torch.Tensor:
-    from prunekit.structured.graph import _tensors
     if target is not None:
         return nn.functional.cross_entropy(out, target)
-    ts = [t for t in _tensors(out) if t.is_floating_point()]
+    ts = [t for t in flat_tensors(out) if t.is_floating_point()]
     return sum(t.float().pow(2).mean() for t in ts)
 
 

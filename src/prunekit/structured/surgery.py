@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.structured.graph import TraceResult
+from prunekit.structured.trace import TraceResult
 
 __all__ = ["Snapshot", "apply_keep", "fix_module_attributes"]
 
