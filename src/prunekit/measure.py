@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 __all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
            "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads",
-           "no_mha_fastpath", "rnn_macs"]
+           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount", "grad_needed_to_count"]
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:
@@ -71,26 +71,70 @@ def no_mha_fastpath():
         torch.backends.mha.set_fastpath_enabled(old)
 
 
-def count_macs(model: nn.Module, inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2), with
-    ``nn.MultiheadAttention`` counted op by op (:func:`no_mha_fastpath`)."""
+class MacCount:
+    """What :func:`counting_macs` measured; ``macs`` is set when its block exits normally."""
+
+    macs: int | None = None
+
+
+def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# torch's flop counter knows the CUDA attention kernels but not the CPU one that
+# F.scaled_dot_product_attention dispatches to, so attention would count as 0 MACs on the CPU
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
+                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+
+
+@contextmanager
+def counting_macs(model: nn.Module):
+    """Count the multiply-accumulates of everything ``model`` runs inside the block (FLOPs / 2 from
+    ``torch.utils.flop_counter``, recurrent layers by :func:`rnn_macs`, ``nn.MultiheadAttention`` op by op).
+
+    Lets a forward pass that is run anyway (a trace, a check) be counted too, instead of a second one.
+
+    >>> lin = torch.nn.Linear(64, 32)
+    >>> with counting_macs(lin) as c:
+    ...     _ = lin(torch.randn(4, 64))
+    >>> c.macs
+    8192
+    """
     recurrent = [0]
     hooks = [m.register_forward_hook(_rnn_macs(recurrent)) for m in model.modules() if isinstance(m, nn.RNNBase)]
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    result = MacCount()
     try:
-        for grad in (False, True):
-            counter = FlopCounterMode(display=False)
-            recurrent[0] = 0
-            try:
-                with torch.set_grad_enabled(grad), no_mha_fastpath(), counter:
-                    run_model(model, inputs)
-                break
-            except AssertionError as e:  # torch's module tracker fails on a parameter view made under no_grad
-                if grad or "gradient function" not in str(e):  # (CaiT's expanded cls_token): count with grad on
-                    raise
+        with no_mha_fastpath(), counter:
+            yield result
     finally:
         for h in hooks:
             h.remove()
-    return int(counter.get_total_flops() // 2) + recurrent[0]
+    result.macs = int(counter.get_total_flops() // 2) + recurrent[0]
+
+
+def grad_needed_to_count(err: BaseException) -> bool:
+    """Whether ``err`` is the flop counter's module tracker failing under ``no_grad`` on a parameter view
+    (CaiT's expanded cls_token); counting again with grad enabled works."""
+    return isinstance(err, AssertionError) and "gradient function" in str(err)
+
+
+def count_macs(model: nn.Module, inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2), with
+    ``nn.MultiheadAttention`` counted op by op (:func:`no_mha_fastpath`)."""
+    for grad in (False, True):
+        try:
+            with torch.set_grad_enabled(grad), counting_macs(model) as c:
+                run_model(model, inputs)
+            break
+        except AssertionError as e:
+            if grad or not grad_needed_to_count(e):
+                raise
+    return c.macs
 
 
 def rnn_macs(module: nn.RNNBase, x: torch.Tensor) -> int:
