@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PruningError
-from prunekit.measure import count_macs, count_params, run_model
+from prunekit.measure import count_macs, count_params, counting_macs, run_model
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.hf_save import guard_save_pretrained
 from prunekit.structured.importance import Importance, get_importance
@@ -84,7 +84,12 @@ class PruneResult:
 
 
 class GroupList(list):
-    """The coupled groups of a model; ``print()`` it to see what moves together."""
+    """The coupled groups of a model; ``print()`` it to see what moves together.
+
+    It also keeps the trace it came from, so ``prune(model, inputs, groups=this)`` does not trace again."""
+
+    trace: TraceResult | None = None
+    key: tuple | None = None
 
     def __str__(self) -> str:
         if not self:
@@ -93,16 +98,69 @@ class GroupList(list):
 
 
 def groups(model: nn.Module, example_inputs: Any, ignore: Iterable = ()) -> GroupList:
-    """The coupled groups of prunable dimensions of ``model`` (it is not modified).
+    """The coupled groups of prunable dimensions of ``model`` (it is not modified): the ones ``prune``
+    would see, traced with the same forward fix-ups. Pass the result to ``prune(..., groups=)`` to
+    reuse its trace (one forward pass fewer).
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> print(groups(net, (torch.randn(1, 4),)))
+    >>> g = groups(net, (torch.randn(1, 4),))
+    >>> print(g)
     Group 0 (8 channels): 0.weight[0], 0.bias[0], 2.weight[1]
+    >>> prune(net, (torch.randn(1, 4),), ratio=0.5, groups=g).params_after   # 4*4+4 + 4*2+2
+    30
     """
-    tr = trace(model, example_inputs)
+    ignore = _as_list(ignore)
+    classes = _swap_forwards(model, example_inputs)
+    try:
+        tr = trace(model, example_inputs, count_macs=not model.training)
+        _fix_kept(model, tr, ignore)
+    finally:
+        _restore_classes(classes)
+    out = GroupList(tr.groups())
+    out.trace, out.key = tr, _trace_key(model, example_inputs, ignore)
+    return out
+
+
+def _as_list(ignore: Iterable) -> list:
+    return list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
+
+
+def _trace_key(model: nn.Module, example_inputs: Any, ignore: list) -> tuple:
+    """What a trace depends on and ``prune(groups=)`` can check cheaply: the model object, its mode, its
+    parameters (identity and shape), the inputs' shapes and dtypes, and ``ignore``."""
+    return (id(model), model.training,
+            tuple((n, id(p), tuple(p.shape)) for n, p in model.named_parameters()),
+            tuple((tuple(t.shape), t.dtype) for t in flat_tensors(example_inputs)),
+            tuple(i if isinstance(i, str) else id(i) for i in ignore))
+
+
+def _swap_forwards(model: nn.Module, example_inputs: Any) -> list[tuple[nn.Module, type]]:
+    """Give forwards that read sizes from the input width ones that read them from the weights (same
+    outputs), so the trace sees their heads. Returns every module's class before, for
+    :func:`_restore_classes`."""
+    classes = [(m, m.__class__) for m in model.modules()]
+    for m in model.modules():
+        swap_width_free(m)
+    try:  # other width-from-input idioms: rewritten forwards, kept only where outputs are unchanged
+        skip = set(UNSUPPORTED) | {f"{c.__module__}.{c.__qualname__}" for c in (*SWAPS, *SWAPS.values())}
+        verify_swaps(model, swap_rewritten(model, skip=skip), lambda: run_model(model, example_inputs))
+    except Exception:
+        _restore_classes(classes)
+        raise
+    return classes
+
+
+def _restore_classes(classes: list[tuple[nn.Module, type]]) -> None:
+    for m, c in classes:
+        m.__class__ = c
+
+
+def _fix_kept(model: nn.Module, tr: TraceResult, ignore: list) -> None:
+    """Fix what must keep its size: ``ignore``, modules the surgery cannot update, classifier outputs."""
     _apply_ignore(model, tr, ignore)
-    return GroupList(tr.groups())
+    _unsupported(model, tr)
+    _head_out_dims(model, tr)
 
 
 def _apply_ignore(model: nn.Module, tr: TraceResult, ignore: Iterable) -> None:
@@ -157,11 +215,10 @@ def _output_layers(model: nn.Module) -> list[str]:
 
 def _head_out_dims(model: nn.Module, tr: TraceResult) -> None:
     """Keep the output dimension of classifier heads (they may feed e.g. a distillation average)."""
-    g = tr.graph
     for name in _output_layers(model):
         labels = tr.param_labels.get(name)
         if labels:
-            g.fix(labels[0])
+            tr.fix_label(labels[0])
 
 
 def _score(groups_: list[Group], imp: Importance, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -255,7 +312,8 @@ MAX_SKIPPED_CLASSES = 8  # on_failure="skip": give up after this many module cla
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, target_macs: float | None = None,
           importance: str | Importance | Callable = "l2", scope: str = "global",
           units: Iterable[str] = ("channels", "heads"), ignore: Iterable = (), round_to: int | None = None,
-          calib: Any = None, max_group_ratio: float = MAX_GROUP_RATIO, on_failure: str = "raise") -> PruneResult:
+          calib: Any = None, max_group_ratio: float = MAX_GROUP_RATIO, on_failure: str = "raise",
+          groups: GroupList | None = None) -> PruneResult:
     """Remove the least important channels, neurons and heads of ``model`` in place.
 
     Exactly one of ``ratio`` (fraction of units removed) or ``target_macs`` (fraction of MACs kept,
@@ -267,6 +325,9 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     tries again (a custom module that hard-codes a width is typical); ``result.skipped`` lists
     them. Failures inside torch's own layers are still raised: their cause lies elsewhere.
 
+    ``groups``: the result of :func:`groups` on this model, these inputs' shapes and this ``ignore``,
+    whose trace is then reused instead of tracing again (anything else raises a PruningError).
+
     >>> import torch, prunekit
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
     >>> res = prunekit.prune(net, (torch.randn(2, 8),), ratio=0.25, scope="local")
@@ -277,29 +338,22 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
         raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
     kwargs = dict(ratio=ratio, target_macs=target_macs, importance=importance, scope=scope, units=units,
                   round_to=round_to, calib=calib, max_group_ratio=max_group_ratio)
-    ignore = list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
+    ignore = _as_list(ignore)
+    if groups is not None and (groups.trace is None or groups.key != _trace_key(model, example_inputs, ignore)):
+        raise PruningError("<model>", "prune with groups=", "these groups were traced from another model, "
+                           "parameter shapes, mode (train/eval), input shapes or ignore=; call "
+                           "prunekit.groups(model, example_inputs, ignore=...) again, or leave groups= out")
     skipped: list[dict] = []
     t0 = time.perf_counter()
-    # forwards that read sizes from the input width get ones that read them from the weights (same outputs),
-    # before tracing, so the trace sees their heads; undone if pruning fails
-    classes = [(m, m.__class__) for m in model.modules()]
-    for m in model.modules():
-        swap_width_free(m)
-    try:  # other width-from-input idioms: rewritten forwards, kept only where outputs are unchanged
-        skip = set(UNSUPPORTED) | {f"{c.__module__}.{c.__qualname__}" for c in (*SWAPS, *SWAPS.values())}
-        verify_swaps(model, swap_rewritten(model, skip=skip), lambda: run_model(model, example_inputs))
-    except Exception:
-        for m, c in classes:
-            m.__class__ = c
-        raise
+    classes = _swap_forwards(model, example_inputs)  # undone if pruning fails
     while True:
         try:
-            res = _prune_once(model, example_inputs, ignore=ignore + [s_["type"] for s_ in skipped], **kwargs)
+            res = _prune_once(model, example_inputs, ignore=ignore + [s_["type"] for s_ in skipped],
+                              reuse=None if skipped or groups is None else groups.trace, **kwargs)
         except Exception as e:
             cls = _skippable(model, e) if on_failure == "skip" and isinstance(e, PruningError) else None
             if cls is None or any(s_["type"] is cls for s_ in skipped) or len(skipped) >= MAX_SKIPPED_CLASSES:
-                for m, c in classes:
-                    m.__class__ = c
+                _restore_classes(classes)
                 raise
             skipped.append({"type": cls, "class": f"{cls.__module__}.{cls.__qualname__}", "module": e.module,
                             "reason": e.reason})
@@ -318,7 +372,7 @@ def _skippable(model: nn.Module, err: PruningError) -> type | None:
 
 
 def _prune_once(model: nn.Module, example_inputs: Any, *, ratio, target_macs, importance, scope, units, ignore,
-                round_to, calib, max_group_ratio) -> PruneResult:
+                round_to, calib, max_group_ratio, reuse: TraceResult | None = None) -> PruneResult:
     t0 = time.perf_counter()
     if (ratio is None) == (target_macs is None):
         raise ValueError("give exactly one of ratio= or target_macs=")
@@ -334,17 +388,20 @@ def _prune_once(model: nn.Module, example_inputs: Any, *, ratio, target_macs, im
             raise ValueError(f"units must be 'channels' and/or 'heads', got {u!r}")
     imp = get_importance(importance)
 
-    tr = trace(model, example_inputs)
-    _apply_ignore(model, tr, ignore)
-    _unsupported(model, tr)
-    _head_out_dims(model, tr)
+    count = not model.training  # the trace and the check run in eval: their passes count as the model's MACs
+    tr = reuse if reuse is not None else trace(model, example_inputs, count_macs=count)
+    _fix_kept(model, tr, ignore)
     all_groups = tr.groups()
     grps = [g for g in all_groups if g.unit in units]
     params = dict(model.named_parameters())
     params_before = count_params(model)
     with torch.no_grad():
         ref_shapes = _shapes(tr.outputs)
-    macs_before = _count_macs(model, example_inputs, tr, {})
+    macs_before = tr.measured_macs if tr.measured_macs is not None else _count_macs(model, example_inputs, tr, {})
+    # where the trace's own MAC records add up to the flop counter's count, they cover every counted op and
+    # give the pruned count exactly (tests/structured/test_coverage.py checks it); else the check pass is counted
+    count = count and macs_before != tr.macs_total()
+    analytic = not count and tr.measured_macs is not None
     imp.prepare(model, tr, example_inputs, calib)
     scores = _score(grps, imp, params)
 
@@ -361,15 +418,14 @@ def _prune_once(model: nn.Module, example_inputs: Any, *, ratio, target_macs, im
     pruned_units = sorted({g.unit for g, k in zip(grps, kept, strict=False) if k < g.size})
     op = "prune " + (" and ".join(pruned_units) or "nothing")
     snap = Snapshot(model)
-    attn_log, cfg_changes = [], {}
+    attn_log, cfg_changes, macs_after = [], {}, macs_before
     if keep:
-        attn_log, cfg_changes = _surgery(model, tr, keep, example_inputs, ref_shapes, op, snap)
+        attn_log, cfg_changes, macs_after = _surgery(model, tr, keep, example_inputs, ref_shapes, op, snap, count,
+                                                     analytic)
         if target_macs is not None:
-            macs_after = _count_macs(model, example_inputs, tr, keep)
             kept, keep, chosen, macs_after = _refine(model, example_inputs, tr, plan, target_macs, macs_before,
                                                      macs_after, snap, kept, keep, chosen, ref_shapes, op,
-                                                     max_group_ratio)
-    macs_after = _count_macs(model, example_inputs, tr, keep)
+                                                     max_group_ratio, count, analytic)
     decisions = []
     for g, _k in zip(grps, kept, strict=False):
         removed = sorted(set(range(g.size)) - set(keep[g.root].tolist())) if g.root in keep else []
@@ -389,15 +445,17 @@ def _count_macs(model: nn.Module, example_inputs: Any, tr: TraceResult, keep: di
 
 
 
-def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap):
-    """Remove the units not in ``keep`` and fix every attribute; on any error restore ``snap`` and raise."""
+def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap, count: bool, analytic: bool = False):
+    """Remove the units not in ``keep`` and fix every attribute; on any error restore ``snap`` and raise.
+    Returns the attention log, the config changes and the MACs after: the trace's records if ``analytic``,
+    else counted on the check's pass if ``count``, else (or where the flop counter fails) by a pass of their own."""
     try:
         shapes = apply_keep(model, tr, keep)
         fix_module_attributes(model, tr, keep, shapes)
         attn_log = fix_attention(model, tr, keep)
         cfg_changes = sync_hf_config(model, tr, keep)
         sync_model_attributes(model)
-        _check(model, example_inputs, ref_shapes, op)
+        macs = _check(model, example_inputs, ref_shapes, op, count)
         guard_save_pretrained(model)
     except PruningError as e:
         snap.restore()
@@ -412,7 +470,11 @@ def _surgery(model, tr, keep, example_inputs, ref_shapes, op: str, snap):
     except Exception as e:  # noqa: BLE001
         snap.restore()
         raise PruningError("<model>", op, f"{type(e).__name__}: {e}") from e
-    return attn_log, cfg_changes
+    if analytic:
+        macs = tr.macs_after(keep)
+    elif macs is None:
+        macs = _count_macs(model, example_inputs, tr, keep)
+    return attn_log, cfg_changes, macs
 
 
 def _pruned_split(tr: TraceResult, keep: dict) -> tuple[str, int, int] | None:
@@ -425,12 +487,24 @@ def _pruned_split(tr: TraceResult, keep: dict) -> tuple[str, int, int] | None:
                 return mod, size, kept
     return None
 
-def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: str) -> None:
+def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: str,
+           count: bool = False) -> int | None:
+    """Run the pruned model once (eval, no grad) and compare its output shapes with ``ref_shapes``.
+    With ``count``, the pass is counted too: its MACs are returned (None where the flop counter fails)."""
     was = model.training
     model.eval()
+    macs = None
     try:
-        with torch.no_grad():
-            out = run_with_module_stack(model, lambda: run_model(model, example_inputs))
+        if count:
+            try:
+                with torch.no_grad(), counting_macs(model) as c:
+                    out = run_model(model, example_inputs)
+                macs = c.macs
+            except Exception:  # noqa: BLE001 - a real failure recurs in the plain pass below
+                count = False
+        if not count:
+            with torch.no_grad():
+                out = run_with_module_stack(model, lambda: run_model(model, example_inputs))
     except Exception as e:  # noqa: BLE001
         mod = getattr(e, "module", "<model>")
         err = getattr(e, "error", e)
@@ -441,6 +515,7 @@ def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: s
         model.train(was)
     if _shapes(out) != ref_shapes:
         raise PruningError("<model>", op, f"output shapes changed from {ref_shapes} to {_shapes(out)}")
+    return macs
 
 
 def _search(tr: TraceResult, plan, target: float, max_group_ratio: float):
@@ -464,17 +539,16 @@ def _search(tr: TraceResult, plan, target: float, max_group_ratio: float):
 
 
 def _refine(model, example_inputs, tr, plan, target, macs_before, macs_after, snap, kept, keep, chosen,
-            ref_shapes, op, max_group_ratio):
+            ref_shapes, op, max_group_ratio, count, analytic):
     """The analytic MAC count misses some ops (norms, activations): correct with measured MACs."""
     goal = target
     for _ in range(4):
         frac = macs_after / macs_before
         if abs(frac - target) <= 0.02 * target:
             break
-        analytic = tr.macs_after(keep) / max(1, tr.macs_total())
-        goal = max(1e-3, goal + (target - frac) * (analytic / max(frac, 1e-9)))
+        est = tr.macs_after(keep) / max(1, tr.macs_total())
+        goal = max(1e-3, goal + (target - frac) * (est / max(frac, 1e-9)))
         snap.restore()
         kept, keep, chosen = _search(tr, plan, goal, max_group_ratio)
-        _surgery(model, tr, keep, example_inputs, ref_shapes, op, snap)
-        macs_after = _count_macs(model, example_inputs, tr, keep)
+        _, _, macs_after = _surgery(model, tr, keep, example_inputs, ref_shapes, op, snap, count, analytic)
     return kept, keep, chosen, macs_after

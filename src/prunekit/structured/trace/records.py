@@ -84,13 +84,21 @@ class TraceResult:
         self.norm_weights = norm_weights
         self.module_ops = module_ops
         self.outputs = outputs
+        self.measured_macs: int | None = None  # the flop counter's count of the traced pass, if asked for
         self._groups: list[Group] | None = None
 
     def fix_params(self, names: Iterable[str]) -> None:
         for n in names:
             for label in self.param_labels.get(n, []):
-                self.graph.fix(label)
-        self._groups = None
+                self.fix_label(label)
+
+    def fix_label(self, label: Label) -> None:
+        """Keep ``label``'s dimensions as they are; the cached groups are dropped only if that changes them."""
+        g = self.graph
+        new = [n for n in label if not g.fixed[g.find(n)]]
+        if new:
+            g.fix(new)
+            self._groups = None
 
     def groups(self) -> list[Group]:
         """Prunable groups, in order of first appearance in the forward pass."""

@@ -13,6 +13,7 @@ every dimension it touches, so the trace is conservative where it does not under
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import PruningError
-from prunekit.measure import no_mha_fastpath, run_model
+from prunekit.measure import counting_macs, no_mha_fastpath, run_model
 from prunekit.structured.trace.dims import DimGraph, Label
 from prunekit.structured.trace.records import AttentionRecord, MacRecord, TraceResult
 from prunekit.structured.trace.registry import lookup
@@ -190,8 +191,21 @@ class _WithModule(Exception):
         self.module, self.error = module, error
 
 
-def trace(model: nn.Module, example_inputs: Any) -> TraceResult:
-    """Trace one forward pass of ``model`` and return its dimension graph (see module docstring)."""
+def trace(model: nn.Module, example_inputs: Any, count_macs: bool = False) -> TraceResult:
+    """Trace one forward pass of ``model`` and return its dimension graph (see module docstring).
+
+    With ``count_macs`` the same pass is also counted by :func:`prunekit.measure.counting_macs`
+    (``result.measured_macs``; None where the flop counter cannot count this model, which then gets a
+    plain trace), which saves prune() a forward pass."""
+    if count_macs:
+        try:
+            return _trace(model, example_inputs, count=True)
+        except Exception:  # noqa: BLE001 - the flop counter's own failures; a real one recurs below
+            pass
+    return _trace(model, example_inputs, count=False)
+
+
+def _trace(model: nn.Module, example_inputs: Any, count: bool) -> TraceResult:
     params = {id(p): n for n, p in model.named_parameters(remove_duplicate=True)}
     buffers = {id(b): n for n, b in model.named_buffers(remove_duplicate=True)}
     stack: list[str] = []
@@ -201,10 +215,14 @@ def trace(model: nn.Module, example_inputs: Any) -> TraceResult:
     was_training = model.training
     handles = _module_hooks(model, stack)
     model.eval()
+    # the flop counter is entered first, so the tracer sees each op before it and as the model called it
+    counter = counting_macs(model) if count else nullcontext()
     try:
-        with torch.no_grad(), no_mha_fastpath(), tracer:
+        with torch.no_grad(), no_mha_fastpath(), counter as counted, tracer:
             out = run_model(model, example_inputs)
     except Exception as e:  # noqa: BLE001
+        if count:
+            raise
         raise PruningError(stack[-1] if stack else "<model>", "trace the forward pass",
                            f"{type(e).__name__}: {e}") from e
     finally:
@@ -216,5 +234,6 @@ def trace(model: nn.Module, example_inputs: Any) -> TraceResult:
             tracer.g.fix(lb)
     res = TraceResult(tracer.g, tracer.param_labels, set(buffers.values()), tracer.macs, tracer.attention,
                       tracer.norm_weights, tracer.module_ops, out)
+    res.measured_macs = counted.macs if count else None
     tracer.labels.clear()
     return res
