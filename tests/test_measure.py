@@ -107,3 +107,28 @@ class _Self(__import__("torch").nn.Module):
 
     def forward(self, x):
         return self.mha(x, x, x, need_weights=False)[0]
+
+
+def test_counting_matches_torchs_flop_counter_on_convs_norms_and_attention():
+    """The lean tally uses torch's formulas and dispatch rule: same count as FlopCounterMode (whose CPU
+    attention is given the same SDPA formula), here over conv + batch norm, depthwise conv, MHA and SDPA."""
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(0)
+    models = [(timm.create_model("efficientnet_b0", num_classes=10).eval(), torch.randn(1, 3, 64, 64)),
+              (timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10).eval(),
+               torch.randn(2, 3, 32, 32))]
+    for model, x in models:
+        ref = FlopCounterMode(display=False, custom_mapping=measure.CPU_ATTENTION_FLOPS)
+        with torch.no_grad(), measure.no_mha_fastpath(), ref:
+            model(x)
+        assert measure.count_macs(model, (x,)) == ref.get_total_flops() // 2 > 0
+
+
+def test_cpu_attention_is_counted():
+    """F.scaled_dot_product_attention on the CPU: QK^T and AV, B*H*N*N*d MACs each."""
+    class Attn(nn.Module):
+        def forward(self, q):
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    b, h, n, d = 2, 3, 16, 8
+    assert measure.count_macs(Attn(), (torch.randn(b, h, n, d),)) == 2 * b * h * n * n * d

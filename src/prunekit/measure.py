@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 __all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
            "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads",
-           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount", "grad_needed_to_count"]
+           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount"]
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:
@@ -89,12 +89,58 @@ def _cpu_sdpa_backward(grad_out, query, key, value, *args, out_shape=None, **kwa
 # F.scaled_dot_product_attention dispatches to, so attention would count as 0 MACs on the CPU
 CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
                        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+_FORMULAS = {**flop_registry, **{k: shape_wrapper(v) for k, v in CPU_ATTENTION_FLOPS.items()}}
+# ops run as they are instead of decomposed: no op of their decompositions has a FLOP formula (torch counts
+# them as 0 either way), and the decomposed batch norm runs as a chain of slow pointwise ops
+_NOT_DECOMPOSED = {torch.ops.prim.device.default, torch.ops.aten.native_batch_norm.default,
+                   torch.ops.aten._native_batch_norm_legit.default,
+                   torch.ops.aten._native_batch_norm_legit_no_training.default}
+
+_DECOMPOSABLE: dict[Any, bool] = {}
+
+
+def _decomposable(func) -> bool:
+    """Whether ``func.decompose`` would do anything (the test it makes itself), cached per op: most ops
+    have no decomposition, and trying one costs a dispatch-mode push and pop per op."""
+    hit = _DECOMPOSABLE.get(func)
+    if hit is None:
+        key = torch._C.DispatchKey.CompositeImplicitAutograd
+        hit = func not in _NOT_DECOMPOSED and (key in func.py_kernels or
+                                               torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key))
+        _DECOMPOSABLE[func] = hit
+    return hit
+
+
+class _FlopTally(TorchDispatchMode):
+    """The dispatch rule of ``torch.utils.flop_counter.FlopCounterMode``: try an op's decomposition
+    first (except ``_NOT_DECOMPOSED``), else run it and add the FLOPs of its registered formula.
+    Without FlopCounterMode's per-module attribution, whose hooks on every module call cost a third of
+    a counted forward on small-op models (and whose module tracker fails on a parameter view made
+    under no_grad: CaiT's cls_token)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _decomposable(func):
+            with self:
+                r = func.decompose(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
+        out = func(*args, **kwargs)
+        formula = _FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 @contextmanager
 def counting_macs(model: nn.Module):
-    """Count the multiply-accumulates of everything ``model`` runs inside the block (FLOPs / 2 from
-    ``torch.utils.flop_counter``, recurrent layers by :func:`rnn_macs`, ``nn.MultiheadAttention`` op by op).
+    """Count the multiply-accumulates of everything ``model`` runs inside the block (FLOPs / 2 by
+    ``torch.utils.flop_counter``'s formulas, recurrent layers by :func:`rnn_macs`, ``nn.MultiheadAttention``
+    op by op).
 
     Lets a forward pass that is run anyway (a trace, a check) be counted too, instead of a second one.
 
@@ -106,34 +152,22 @@ def counting_macs(model: nn.Module):
     """
     recurrent = [0]
     hooks = [m.register_forward_hook(_rnn_macs(recurrent)) for m in model.modules() if isinstance(m, nn.RNNBase)]
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    tally = _FlopTally()
     result = MacCount()
     try:
-        with no_mha_fastpath(), counter:
+        with no_mha_fastpath(), tally:
             yield result
     finally:
         for h in hooks:
             h.remove()
-    result.macs = int(counter.get_total_flops() // 2) + recurrent[0]
-
-
-def grad_needed_to_count(err: BaseException) -> bool:
-    """Whether ``err`` is the flop counter's module tracker failing under ``no_grad`` on a parameter view
-    (CaiT's expanded cls_token); counting again with grad enabled works."""
-    return isinstance(err, AssertionError) and "gradient function" in str(err)
+    result.macs = int(tally.flops // 2) + recurrent[0]
 
 
 def count_macs(model: nn.Module, inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter`` (FLOPs / 2), with
-    ``nn.MultiheadAttention`` counted op by op (:func:`no_mha_fastpath`)."""
-    for grad in (False, True):
-        try:
-            with torch.set_grad_enabled(grad), counting_macs(model) as c:
-                run_model(model, inputs)
-            break
-        except AssertionError as e:
-            if grad or not grad_needed_to_count(e):
-                raise
+    """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter``'s formulas (FLOPs / 2),
+    with ``nn.MultiheadAttention`` counted op by op (:func:`no_mha_fastpath`)."""
+    with counting_macs(model) as c:
+        run_model(model, inputs)
     return c.macs
 
 
