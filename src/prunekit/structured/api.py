@@ -270,6 +270,10 @@ def _decide(groups_: list[Group], scores: list[torch.Tensor], ratio: float, scop
         rt = round_to if unit == "channels" and round_to and round_to > 1 else 1
         total = sum(groups_[i].size for i in idx)
         budget = int(round(ratio * total))
+        floor = {i: max(1, math.ceil(groups_[i].size * (1 - max_group_ratio))) for i in idx}
+        if rt == 1:
+            _take_lowest(groups_, scores, idx, floor, budget, kept)
+            continue
         pool = []  # (score, group, units removed together): chunks keep each group a multiple of round_to
         for i in idx:
             norm = _standardise(scores[i]).sort().values.tolist()
@@ -281,7 +285,6 @@ def _decide(groups_: list[Group], scores: list[torch.Tensor], ratio: float, scop
                 pool.append((max(norm[start:start + width]), i, width))
                 start += width
         pool.sort(key=lambda t: t[0])
-        floor = {i: max(1, math.ceil(groups_[i].size * (1 - max_group_ratio))) for i in idx}
         for _, i, width in pool:
             if budget <= 0:
                 break
@@ -292,6 +295,23 @@ def _decide(groups_: list[Group], scores: list[torch.Tensor], ratio: float, scop
             for i in idx:
                 kept[i] = _round(kept[i], groups_[i].size, rt)
     return kept
+
+
+def _take_lowest(groups_: list[Group], scores: list[torch.Tensor], idx: list[int], floor: dict[int, int],
+                 budget: int, kept: list[int]) -> None:
+    """Global selection one unit at a time: the ``budget`` lowest standardised scores among each group's
+    units above its floor (what the chunked loop of :func:`_decide` does with chunks of one, vectorised)."""
+    cand, owner = [], []
+    for i in idx:
+        n = groups_[i].size - floor[i]
+        if n > 0:
+            cand.append(_standardise(scores[i]).sort().values[:n])
+            owner.append(torch.full((n,), i, dtype=torch.long))
+    if not cand or budget <= 0:
+        return
+    order = torch.cat(cand).argsort(stable=True)[:budget]  # ties: earlier groups first, as the loop's sort
+    for i, n in zip(*torch.cat(owner)[order].unique(return_counts=True), strict=True):
+        kept[int(i)] -= int(n)
 
 
 def _keep_sets(groups_: list[Group], scores: list[torch.Tensor], kept: list[int]) -> dict[int, torch.Tensor]:

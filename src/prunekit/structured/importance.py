@@ -23,6 +23,7 @@ torch.Size([6])
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,19 +38,32 @@ __all__ = ["Importance", "Magnitude", "BNScale", "Taylor", "RandomImportance", "
 
 def unit_scores(group: Group, params: dict[str, torch.Tensor],
                 per_element: Callable[[str, torch.Tensor], torch.Tensor | None],
-                names: set[str] | None = None) -> torch.Tensor:
-    """Sum ``per_element(name, tensor)`` over every slice each unit of ``group`` owns."""
+                names: set[str] | None = None, p: int | None = None) -> torch.Tensor:
+    """Sum ``per_element(name, tensor)`` over every slice each unit of ``group`` owns.
+
+    With ``p``, each slice contributes the sum of ``|x|**p`` of ``per_element``'s result; rows that are
+    contiguous (the unit is dim 0) are reduced by ``torch.linalg.vector_norm`` in one pass instead of an
+    elementwise power and a sum."""
     scores = torch.zeros(group.size, dtype=torch.float64)
     for occ in group.occurrences:
         if occ.is_buffer or (names is not None and occ.name not in names) or occ.name not in params:
             continue
         t = per_element(occ.name, params[occ.name].detach())
-        if t is None:
+        if t is None or t.numel() == 0:
             continue
         # reduced in place (no transposed copy) in at least float32: each element is already rounded to the
         # weights' precision, a float64 reduction costs 3x the time and buys nothing; units add up in float64
         others = [d for d in range(t.dim()) if d != occ.dim]
-        red = (t.sum(dim=others, dtype=torch.promote_types(t.dtype, torch.float32)) if others else t).double()
+        acc = torch.promote_types(t.dtype, torch.float32)
+        if not others:
+            red = (t if p is None else t.abs() ** p).double()
+        elif p is not None and occ.dim == 0 and t.is_contiguous():  # one contiguous row per unit: a norm per row
+            red = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), p, dim=1, dtype=acc).double() ** p
+        else:  # viewed as [before, unit, after]: summing the leading rows first is one vectorised pass,
+            # where a reduction over strided dims (a conv's input channels) is several times slower
+            x = t if p is None else t.square() if p == 2 else t.abs() ** p
+            rows = math.prod(t.shape[:occ.dim])
+            red = x.reshape(rows, -1).sum(0, dtype=acc).reshape(t.shape[occ.dim], -1).sum(1).double()
         mask = occ.owner >= 0
         scores.index_add_(0, occ.owner[mask], red[mask])
     return scores
@@ -79,8 +93,8 @@ class Magnitude(Importance):
 
     def __call__(self, group, params):
         if self.p == 1:
-            return unit_scores(group, params, lambda n, w: w.abs())
-        return unit_scores(group, params, lambda n, w: w.pow(2)).sqrt()
+            return unit_scores(group, params, lambda n, w: w, p=1)
+        return unit_scores(group, params, lambda n, w: w, p=2).sqrt()
 
 
 class BNScale(Importance):

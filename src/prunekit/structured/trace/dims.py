@@ -175,6 +175,8 @@ class DimGraph:
 
     def owner(self, label: Label, leaf: int, depth: int = 0) -> torch.Tensor | None:
         """For each position of a dimension with ``label``: the unit of ``leaf`` it belongs to, or -1."""
+        if len(label) == 1 and self.find(label[0]) == leaf:  # the common case: the dim is the group itself
+            return torch.arange(self.size[leaf])
         sizes = [self.size[self.find(n)] for n in label]
         parts = [self._owner_node(n, leaf, depth) for n in label]
         if all(p is None for p in parts):

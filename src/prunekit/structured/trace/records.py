@@ -107,13 +107,14 @@ class TraceResult:
         g = self.graph
         g.propagate_fixed()
         leaves: dict[int, list[tuple[str, int, Label]]] = {}
+        seen: set[tuple[int, str, int]] = set()
         for name, labels in self.param_labels.items():
             for dim, label in enumerate(labels):
                 for n in label:
                     for leaf in g.leaves(n):
-                        leaves.setdefault(leaf, [])
-                        if (name, dim) not in [(a, b) for a, b, _ in leaves[leaf]]:
-                            leaves[leaf].append((name, dim, label))
+                        if (leaf, name, dim) not in seen:
+                            seen.add((leaf, name, dim))
+                            leaves.setdefault(leaf, []).append((name, dim, label))
         out = []
         for leaf, occ in leaves.items():
             r = g.find(leaf)
@@ -133,7 +134,8 @@ class TraceResult:
                 own = g.owner(label, r)
                 if own is not None:
                     grp.occurrences.append(Occurrence(name, dim, own, name in self.buffers))
-                    grp.unit_width = max(grp.unit_width, int((own >= 0).sum()) // grp.size)
+                    width = own.numel() if len(label) == 1 and g.find(label[0]) == r else int((own >= 0).sum())
+                    grp.unit_width = max(grp.unit_width, width // grp.size)
             out.append(grp)
         self._groups = out
         return out
