@@ -165,9 +165,8 @@ def _fix_kept(model: nn.Module, tr: TraceResult, ignore: list) -> None:
 
 def _apply_ignore(model: nn.Module, tr: TraceResult, ignore: Iterable) -> None:
     names = []
-    entries = list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
     mods = dict(model.named_modules())
-    for ent in entries:
+    for ent in _as_list(ignore):
         for path, m in mods.items():
             hit = (m is ent if isinstance(ent, nn.Module) else isinstance(m, ent) if isinstance(ent, type)
                    else path == ent or path.startswith(ent + ".") if isinstance(ent, str) else False)

@@ -55,15 +55,16 @@ def unit_scores(group: Group, params: dict[str, torch.Tensor],
         # weights' precision, a float64 reduction costs 3x the time and buys nothing; units add up in float64
         others = [d for d in range(t.dim()) if d != occ.dim]
         acc = torch.promote_types(t.dtype, torch.float32)
-        if not others:
-            red = (t if p is None else t.abs() ** p).double()
-        elif p is not None and occ.dim == 0 and t.is_contiguous():  # one contiguous row per unit: a norm per row
+        if others and p is not None and occ.dim == 0 and t.is_contiguous():  # one contiguous row per unit
             red = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), p, dim=1, dtype=acc).double() ** p
-        else:  # viewed as [before, unit, after]: summing the leading rows first is one vectorised pass,
-            # where a reduction over strided dims (a conv's input channels) is several times slower
+        else:
             x = t if p is None else t.square() if p == 2 else t.abs() ** p
-            rows = math.prod(t.shape[:occ.dim])
-            red = x.reshape(rows, -1).sum(0, dtype=acc).reshape(t.shape[occ.dim], -1).sum(1).double()
+            if not others:
+                red = x.double()
+            else:  # viewed as [before, unit, after]: summing the leading rows first is one vectorised pass,
+                # where a reduction over strided dims (a conv's input channels) is several times slower
+                rows = math.prod(t.shape[:occ.dim])
+                red = x.reshape(rows, -1).sum(0, dtype=acc).reshape(t.shape[occ.dim], -1).sum(1).double()
         mask = occ.owner >= 0
         scores.index_add_(0, occ.owner[mask], red[mask])
     return scores

@@ -134,8 +134,7 @@ class TraceResult:
                 own = g.owner(label, r)
                 if own is not None:
                     grp.occurrences.append(Occurrence(name, dim, own, name in self.buffers))
-                    width = own.numel() if len(label) == 1 and g.find(label[0]) == r else int((own >= 0).sum())
-                    grp.unit_width = max(grp.unit_width, width // grp.size)
+                    grp.unit_width = max(grp.unit_width, int((own >= 0).sum()) // grp.size)
             out.append(grp)
         self._groups = out
         return out
