@@ -24,11 +24,23 @@ def test_pruned_zoo_cnn_exports_with_a_dynamic_batch(tmp_path, capsys):
     assert main(["export", str(pruned), "--out", str(out), "--dynamic-batch", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert doc["max_abs_diff"] <= doc["tolerance"] and doc["checked_batches"] == [8, 16]
+    assert "round_to=8" in doc["hints"][0]  # free widths (22, 45, ...) miss onnxruntime's blocked convs
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 1, 28, 28)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     ref = prunekit.load(pruned).eval()(x).detach().numpy()
     assert got.shape == (3, 10) and np.abs(got - ref).max() <= 1e-4 * (1 + np.abs(ref).max())
+
+
+def test_round_to_gives_the_widths_onnxruntime_blocks_on_and_silences_the_hint():
+    from prunekit.export import layout_hints
+    from prunekit.zoo import load
+    wl = load("fmnist-resnet")
+    prunekit.prune(wl.model, wl.example_inputs, target_macs=0.5, round_to=8)
+    convs = [m for m in wl.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.out_channels % 8 == 0 for m in convs)
+    assert layout_hints(wl.model) == []
+    assert layout_hints(wl.model, block=16) != []  # some widths are 8 mod 16: the AVX-512 block is 16
 
 
 def test_token_merged_vit_exports_with_its_fixed_token_counts(tmp_path):

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sd
 
 __all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
            "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads",
-           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount"]
+           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount", "repeat_batch", "layer_widths"]
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:
@@ -45,6 +45,43 @@ def batch_size_of(inputs: Any) -> int:
         if isinstance(v, torch.Tensor):
             return int(v.shape[0])
     raise ValueError("inputs hold no tensor, so the batch size is unknown")
+
+
+def repeat_batch(inputs: Any, n: int) -> Any:
+    """``inputs`` with every batched tensor repeated ``n`` times along dim 0 (a throughput batch).
+
+    >>> repeat_batch((torch.zeros(2, 3), 5), 4)[0].shape
+    torch.Size([8, 3])
+    >>> repeat_batch({"ids": torch.zeros(2, 7, dtype=torch.long)}, 3)["ids"].shape
+    torch.Size([6, 7])
+    """
+    def grow(t):
+        return torch.cat([t] * n, 0) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+    if isinstance(inputs, dict):
+        return {k: grow(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(grow(t) for t in inputs)
+    return grow(inputs)
+
+
+def layer_widths(dense: nn.Module, model: nn.Module) -> list[dict]:
+    """Per conv/linear layer of ``model`` (in module order): its output width, the same layer's width
+    in ``dense`` (matched by name) and its sparsity (share of exact zeros in the weight).
+
+    >>> d = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    >>> p = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2))
+    >>> [(la["name"], la["dense_out"], la["out"]) for la in layer_widths(d, p)]
+    [('0', 8, 5), ('1', 2, 2)]
+    """
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    ref = {n: m for n, m in dense.named_modules() if isinstance(m, kinds)}
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, kinds) and name in ref:
+            w = m.weight.detach()
+            out.append({"name": name, "dense_out": int(ref[name].weight.shape[0]), "out": int(w.shape[0]),
+                        "sparsity": round(float((w == 0).sum()) / max(1, w.numel()), 4)})
+    return out
 
 
 def count_params(model: nn.Module) -> int:
