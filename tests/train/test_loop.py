@@ -154,6 +154,19 @@ def test_distillation_from_precomputed_logits_equals_a_teacher():
         assert torch.equal(p, q)
 
 
+def test_the_teacher_is_given_back_as_it_came_so_a_second_fit_can_train_a_copy_of_it():
+    import copy
+    x, y = _data()
+    teacher = _net().train()
+    teacher[-1].bias.requires_grad_(False)  # a user's own frozen part stays frozen
+    fit(copy.deepcopy(teacher), [(x, y)], epochs=1, teacher=teacher, progress=False)
+    assert teacher.training and [p.requires_grad for p in teacher.parameters()] == [True] * 5 + [False]
+    with pytest.raises(PruningError, match="step 0"):  # also after a failed run
+        fit(_net(), [(x * float("nan"), y)], teacher=teacher, progress=False)
+    assert teacher.training and [p.requires_grad for p in teacher.parameters()] == [True] * 5 + [False]
+    fit(copy.deepcopy(teacher), [(x, y)], epochs=1, progress=False)  # its copy trains
+
+
 def test_a_nan_loss_stops_with_the_step_named():
     x, y = _data()
     with pytest.raises(PruningError, match="step 0"):

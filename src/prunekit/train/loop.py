@@ -459,7 +459,8 @@ def fit(model: nn.Module, data: Any, config: TrainConfig | None = None, *, teach
     """Train ``model`` in place on ``data`` (see the module docstring); returns a :class:`FitResult`.
 
     ``overrides`` are :class:`TrainConfig` fields (``epochs=3, lr=1e-4, ...``). ``teacher``: a frozen
-    model whose outputs are distilled into ``model`` (KL on logits, cosine on hidden states). Under
+    model whose outputs are distilled into ``model`` (KL on logits, cosine on hidden states); it is
+    frozen during the run and its ``requires_grad`` flags and mode are restored after. Under
     torchrun the model trains in DDP, one process per rank. The model is left in eval mode.
     """
     names = {f.name for f in fields(TrainConfig)}
@@ -467,7 +468,16 @@ def fit(model: nn.Module, data: Any, config: TrainConfig | None = None, *, teach
     if unknown:
         raise PruningError("model", "train", f"unknown training option(s) {unknown}; known: {sorted(names)}")
     cfg = replace(config or TrainConfig(), **overrides)
-    return Trainer(model, data, cfg, teacher, loss, callbacks, device).run()
+    if teacher is None:
+        return Trainer(model, data, cfg, teacher, loss, callbacks, device).run()
+    # the teacher is frozen and put in eval mode for the run, and given back as it came
+    flags, was = [p.requires_grad for p in teacher.parameters()], teacher.training
+    try:
+        return Trainer(model, data, cfg, teacher, loss, callbacks, device).run()
+    finally:
+        for p, flag in zip(teacher.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        teacher.train(was)
 
 
 @torch.no_grad()
