@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: bootstrap data test demo bench readme clean
+.PHONY: bootstrap data browser test demo bench readme clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,9 +22,18 @@ data:
 		     "(sudo apt-get install dataset-fashion-mnist), or set PRUNEKIT_DATA=DIR holding the four IDX files."; \
 	fi
 
+# headless Chromium renders report.html in a test (tests/test_report.py); only `make test` needs it
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)); \
+	else \
+		echo "chromium is missing (sudo apt-get install chromium): the report.html render test will be skipped"; \
+	fi
+
 bootstrap: $(STAMP) data
 
-test: bootstrap
+test: bootstrap browser
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest
 

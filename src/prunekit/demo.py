@@ -18,7 +18,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from prunekit.measure import compare_latency, profile
+from prunekit.measure import (
+    batch_size_of,
+    compare_latency,
+    count_macs,
+    count_nonzero_params,
+    count_params,
+    layer_widths,
+    repeat_batch,
+)
 from prunekit.report import write_report
 from prunekit.zoo import NAMES, Workload, load, read_manifest
 
@@ -44,11 +52,18 @@ def _calib(wl: Workload):
 
 @dataclass(frozen=True)
 class Step:
-    """One compression method applied to one model: ``apply(model, workload) -> model``."""
+    """One compression method applied to one model: ``apply(model, workload) -> model``; ``family``
+    groups methods in the report's plots (one marker, colour and Pareto front per family)."""
 
     model: str
     method: str
     apply: Callable[[torch.nn.Module, Workload], torch.nn.Module]
+    family: str = ""
+
+    def __post_init__(self):
+        if not self.family:
+            from prunekit.report import family_of
+            object.__setattr__(self, "family", family_of({"method": self.method}))
 
 
 def _prune(finetune_epochs: float = 0.0, **kw):
@@ -163,16 +178,35 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def _row(name: str, method: str, wl: Workload, model: torch.nn.Module, limit: int | None) -> dict:
-    p = profile(model, wl.example_inputs, lambda m: wl.evaluate(m, limit=limit), repeats=10, memory=False)
-    extra = {}
-    if model is not wl.model:  # the speed-up comes from dense and compressed timed interleaved, not two rows
-        med = compare_latency({"dense": wl.model, "model": model}, wl.example_inputs, rounds=3, repeats=10)
-        extra = {"speedup": round(med["dense"] / med["model"], 3), "paired_ms": med}
-    return {**extra, "model": name, "method": method, "params": p["params"], "nonzero_params": p["nonzero_params"],
-            "macs": p["macs"], "latency_ms": p["latency_ms"], "batch_size": p["batch_size"],
-            "threads": p["threads"], "metric_name": wl.metric_key, "metric": p["metric"].get(wl.metric_key),
-            "metric_all": p["metric"], "eval_samples": limit}
+THROUGHPUT_BATCH = 32  # images (or sentences) per forward for the images/s columns
+
+
+def timings(dense: torch.nn.Module, model: torch.nn.Module, inputs) -> dict:
+    """Latency at the example batch and images/s at :data:`THROUGHPUT_BATCH`, dense and ``model``
+    timed interleaved in the same run (``compare_latency``), so each speed-up and the two times it
+    is made of come from one measurement."""
+    batch = batch_size_of(inputs)
+    big = repeat_batch(inputs, max(1, -(-THROUGHPUT_BATCH // batch)))
+    pair = {"dense": dense} if model is dense else {"dense": dense, "model": model}
+    lat = compare_latency(pair, inputs, rounds=3, warmup=2, repeats=5)
+    tput = compare_latency(pair, big, rounds=3, warmup=1, repeats=2)
+    n = batch_size_of(big)
+    key = "model" if model is not dense else "dense"
+    return {"batch_size": batch, "latency_ms": lat[key], "dense_latency_ms": lat["dense"],
+            "speedup": round(lat["dense"] / lat[key], 3), "throughput_batch": n,
+            "throughput": round(1000 * n / tput[key], 1), "dense_throughput": round(1000 * n / tput["dense"], 1),
+            "throughput_speedup": round(tput["dense"] / tput[key], 3)}
+
+
+def _row(step: Step | None, wl: Workload, model: torch.nn.Module, limit: int | None) -> dict:
+    model.eval()
+    metric = wl.evaluate(model, limit=limit)
+    return {"model": wl.name, "method": step.method if step else "dense", "family": step.family if step else "dense",
+            "params": count_params(model), "nonzero_params": count_nonzero_params(model),
+            "macs": count_macs(model, wl.example_inputs), **timings(wl.model, model, wl.example_inputs),
+            "threads": torch.get_num_threads(), "metric_name": wl.metric_key, "metric": metric.get(wl.metric_key),
+            "metric_all": metric, "eval_samples": limit,
+            "layers": layer_widths(wl.model, model) if step else []}
 
 
 def run_demo(models: tuple[str, ...] = NAMES, methods: tuple[str, ...] | None = None,
@@ -188,20 +222,23 @@ def run_demo(models: tuple[str, ...] = NAMES, methods: tuple[str, ...] | None = 
         wl = load(name)
         lim = limit or LIMITS.get(name)
         bar.set_postfix_str(f"{name}: dense")
-        rows.append(_row(name, "dense", wl, wl.model, lim))
+        rows.append(_row(None, wl, wl.model, lim))
         bar.update(1)
         for step in (s for s in steps if s.model == name):
             bar.set_postfix_str(f"{name}: {step.method}")
             try:
                 model = step.apply(copy.deepcopy(wl.model), wl)
-                rows.append(_row(name, step.method, wl, model, lim))
+                rows.append(_row(step, wl, model, lim))
             except Exception as e:  # noqa: BLE001 - a failed method is reported, not hidden
                 rows.append({"model": name, "method": step.method, "error": f"{type(e).__name__}: {e}"[:200]})
             bar.update(1)
     bar.close()
     missing = [m for m in models if m not in available]
-    header = (f"Batch size = the workload's example batch; {torch.get_num_threads()} threads; metric on the "
-              f"first N eval samples (N per model: {LIMITS}); total {time.time() - t0:.0f} s."
+    header = (f"Latency: one forward of the workload's example batch (8 images, clips or sentences); throughput: "
+              f"images/s at batch {THROUGHPUT_BATCH} (the example batch repeated). Each row's dense and compressed "
+              f"times come from one run, the two models timed in 3 interleaved rounds, and its speed-ups are "
+              f"the ratios of those times. {torch.get_num_threads()} threads; metric on the first N eval samples "
+              f"(N per model: {LIMITS}); total {time.time() - t0:.0f} s."
               + (f" Not run (no shipped checkpoint): {', '.join(missing)}." if missing else ""))
     out = Path(out_root) / time.strftime("%Y%m%d-%H%M%S")
     return rows, write_report(rows, out, header)

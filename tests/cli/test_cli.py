@@ -40,10 +40,20 @@ def test_demo_writes_report(tmp_path):
     from prunekit.demo import run_demo
     if "fmnist-resnet" not in read_manifest():
         pytest.skip("no fmnist-resnet checkpoint shipped yet")
-    rows, report = run_demo(models=("fmnist-resnet",), methods=(), limit=64, out_root=tmp_path)
-    assert report.is_file() and (report.parent / "tradeoff.png").stat().st_size > 1000
-    assert rows[0]["method"] == "dense" and rows[0]["macs"] > 0
-    assert "| fmnist-resnet | dense |" in report.read_text()
+    step = "structured: 50% MACs (l2, one-shot)"
+    rows, report = run_demo(models=("fmnist-resnet",), methods=(step,), limit=64, out_root=tmp_path)
+    for name in ("tradeoff.png", "report.html", "layers-1.png"):
+        assert (report.parent / name).stat().st_size > 1000, name
+    dense, pruned = rows
+    assert dense["method"] == "dense" and dense["macs"] > 0 and dense["speedup"] == 1.0
+    assert pruned["method"] == step and pruned["family"] == "structured"
+    # the latency pair and its speed-up are one measurement; so are the throughput pair and theirs
+    assert pruned["speedup"] == pytest.approx(pruned["dense_latency_ms"] / pruned["latency_ms"], abs=2e-3)
+    assert pruned["throughput_speedup"] == pytest.approx(pruned["throughput"] / pruned["dense_throughput"], rel=2e-3)
+    assert pruned["batch_size"] == 8 and pruned["throughput_batch"] == 32
+    assert any(la["out"] < la["dense_out"] for la in pruned["layers"])
+    text = report.read_text()
+    assert "| fmnist-resnet | dense |" in text and "images/s (batch 32)" in text
 
 
 def test_zoo_train_more_epochs_continues_the_shipped_checkpoint(tmp_path):
