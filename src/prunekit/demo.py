@@ -19,13 +19,12 @@ import torch
 from tqdm import tqdm
 
 from prunekit.measure import (
-    batch_size_of,
-    compare_latency,
+    THROUGHPUT_BATCH,
     count_macs,
     count_nonzero_params,
     count_params,
     layer_widths,
-    repeat_batch,
+    paired_timings,
 )
 from prunekit.report import write_report
 from prunekit.zoo import NAMES, Workload, load, read_manifest
@@ -178,32 +177,12 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-THROUGHPUT_BATCH = 32  # images (or sentences) per forward for the images/s columns
-
-
-def timings(dense: torch.nn.Module, model: torch.nn.Module, inputs) -> dict:
-    """Latency at the example batch and images/s at :data:`THROUGHPUT_BATCH`, dense and ``model``
-    timed interleaved in the same run (``compare_latency``), so each speed-up and the two times it
-    is made of come from one measurement."""
-    batch = batch_size_of(inputs)
-    big = repeat_batch(inputs, max(1, -(-THROUGHPUT_BATCH // batch)))
-    pair = {"dense": dense} if model is dense else {"dense": dense, "model": model}
-    lat = compare_latency(pair, inputs, rounds=3, warmup=2, repeats=5)
-    tput = compare_latency(pair, big, rounds=3, warmup=1, repeats=2)
-    n = batch_size_of(big)
-    key = "model" if model is not dense else "dense"
-    return {"batch_size": batch, "latency_ms": lat[key], "dense_latency_ms": lat["dense"],
-            "speedup": round(lat["dense"] / lat[key], 3), "throughput_batch": n,
-            "throughput": round(1000 * n / tput[key], 1), "dense_throughput": round(1000 * n / tput["dense"], 1),
-            "throughput_speedup": round(tput["dense"] / tput[key], 3)}
-
-
 def _row(step: Step | None, wl: Workload, model: torch.nn.Module, limit: int | None) -> dict:
     model.eval()
     metric = wl.evaluate(model, limit=limit)
     return {"model": wl.name, "method": step.method if step else "dense", "family": step.family if step else "dense",
             "params": count_params(model), "nonzero_params": count_nonzero_params(model),
-            "macs": count_macs(model, wl.example_inputs), **timings(wl.model, model, wl.example_inputs),
+            "macs": count_macs(model, wl.example_inputs), **paired_timings(wl.model, model, wl.example_inputs),
             "threads": torch.get_num_threads(), "metric_name": wl.metric_key, "metric": metric.get(wl.metric_key),
             "metric_all": metric, "eval_samples": limit,
             "layers": layer_widths(wl.model, model) if step else []}

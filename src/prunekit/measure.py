@@ -24,7 +24,8 @@ from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sd
 
 __all__ = ["run_model", "batch_size_of", "count_params", "count_nonzero_params", "count_macs",
            "measure_latency", "compare_latency", "peak_memory", "profile", "embedding_fidelity", "threads",
-           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount", "repeat_batch", "layer_widths"]
+           "no_mha_fastpath", "rnn_macs", "counting_macs", "MacCount", "repeat_batch", "layer_widths",
+           "paired_timings", "THROUGHPUT_BATCH"]
 
 
 def run_model(model: nn.Module, inputs: Any) -> Any:
@@ -280,6 +281,37 @@ def compare_latency(models: dict[str, nn.Module], inputs: Any, rounds: int = 3, 
         for k, m in models.items():
             per[k].append(measure_latency(m, inputs, warmup, repeats, num_threads)["latency_ms"])
     return {k: round(statistics.median(v), 3) for k, v in per.items()}
+
+
+THROUGHPUT_BATCH = 32  # images (or sentences) per forward for throughput figures
+
+
+def paired_timings(dense: nn.Module, model: nn.Module, inputs: Any, repeats: int = 5,
+                   throughput_batch: int = THROUGHPUT_BATCH, num_threads: int | None = None) -> dict:
+    """Latency at the batch of ``inputs`` and images/s at ``throughput_batch`` (``inputs`` repeated),
+    ``dense`` and ``model`` timed in 3 interleaved rounds of the same run (:func:`compare_latency`),
+    so that each speed-up and the two times it is the ratio of come from one measurement.
+    ``throughput_batch=0`` skips the throughput pair. ``model is dense`` times one model.
+
+    >>> net = nn.Linear(8, 8)
+    >>> t = paired_timings(net, net, torch.zeros(4, 8), repeats=1, throughput_batch=8)
+    >>> t["speedup"], t["throughput_speedup"], t["batch_size"], t["throughput_batch"]
+    (1.0, 1.0, 4, 8)
+    """
+    batch = batch_size_of(inputs)
+    pair = {"dense": dense} if model is dense else {"dense": dense, "model": model}
+    key = "dense" if model is dense else "model"
+    lat = compare_latency(pair, inputs, rounds=3, warmup=2, repeats=repeats, num_threads=num_threads)
+    out = {"batch_size": batch, "latency_ms": lat[key], "dense_latency_ms": lat["dense"],
+           "speedup": round(lat["dense"] / lat[key], 3)}
+    if throughput_batch:
+        big = repeat_batch(inputs, max(1, -(-throughput_batch // batch)))
+        tput = compare_latency(pair, big, rounds=3, warmup=1, repeats=max(1, repeats // 2), num_threads=num_threads)
+        n = batch_size_of(big)
+        out.update(throughput_batch=n, throughput=round(1000 * n / tput[key], 1),
+                   dense_throughput=round(1000 * n / tput["dense"], 1),
+                   throughput_speedup=round(tput["dense"] / tput[key], 3))
+    return out
 
 
 class _LiveTensors(TorchDispatchMode):

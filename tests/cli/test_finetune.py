@@ -44,6 +44,9 @@ def test_finetune_timm_model_on_an_image_folder(folders, tmp_path, capsys):
     assert doc["steps"] == 2 * (48 // 16) and doc["epochs"] == 2.0 and doc["world_size"] == 1
     assert doc["seconds"] > 0 and 0 <= doc["top1"] <= 1 and doc["data"]["val"]["samples"] == 16
     assert doc["head"] == "replaced the head: 1000 -> 2 classes (timm reset_classifier)"
+    from prunekit.cli.common import JSON_KEYS
+    assert set(JSON_KEYS) <= set(doc) and doc["method"] == "finetune" and doc["metric"]["top1"] == doc["top1"]
+    assert doc["dense"]["metric"]["top1"] == doc["top1_before"] and doc["speedup"] == 1.0
     back = prunekit.load(out)
     assert back.prunekit_meta["input_size"] == [3, 16, 16] and back.prunekit_meta["timm"] == "resnet18"
     assert back(torch.randn(1, 3, 16, 16)).shape == (1, 2)

@@ -13,7 +13,7 @@ import sys
 __all__ = ["main", "COMMANDS"]
 
 # One module per subcommand (prunekit.cli.<name>); each defines register(subparsers).
-COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune", "finetune", "export")
+COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune", "drop_layers", "finetune", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,14 +9,16 @@ from prunekit.errors import PruningError
 from prunekit.zoo import NAMES, Workload
 from prunekit.zoo import load as load_zoo
 
-__all__ = ["resolve_model", "print_result", "compare", "add_measure_args", "origin_meta"]
+__all__ = ["resolve_model", "print_result", "compare", "measured", "add_measure_args", "origin_meta", "JSON_KEYS"]
 
 
 def add_measure_args(p) -> None:
     """The options every measuring subcommand takes: ``--json``, ``--limit N``, ``--repeats N``."""
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N eval samples only")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per latency measurement")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per round of a latency measurement")
+    p.add_argument("--throughput-batch", type=int, default=32, metavar="N",
+                   help="batch for the images/s figures (0: latency only)")
 
 
 def require_finetune(command: str, flag: str, base: str, instead: str) -> None:
@@ -101,16 +103,43 @@ def origin_meta(wl: Workload) -> dict:
     return meta
 
 
-def compare(before: dict, after: dict) -> dict:
-    """The ``profile`` shape for the compressed model, with ``dense`` and the ratios attached."""
-    out = dict(after)
-    out["dense"] = before
-    out["ratios"] = {
-        "params": round(after["params"] / before["params"], 4),
-        "macs": round(after["macs"] / before["macs"], 4),
-        "speedup": round(before["latency_ms"] / after["latency_ms"], 3),
-    }
+JSON_KEYS = ("model", "method", "params", "macs", "latency_ms", "throughput", "speedup", "metric", "dense")
+
+
+def _timed(doc: dict, latency_ms: float, throughput: float | None) -> dict:
+    """``doc`` with its latency (and throughput) replaced by the paired run's; the lone run's spread goes."""
+    out = {k: v for k, v in doc.items() if k not in ("latency_p10_ms", "latency_p90_ms", "repeats", "warmup")}
+    out.update(latency_ms=latency_ms, throughput=throughput)
     return out
+
+
+def compare(before: dict, after: dict, method: str, timing: dict) -> dict:
+    """The ``--json`` shape every verb prints: the compressed model's ``model``, ``method``, ``params``,
+    ``macs``, ``latency_ms``, ``throughput`` (images/s), ``speedup`` and ``metric``, the same keys for
+    the model before under ``dense``, and ``ratios``. ``timing`` is :func:`prunekit.measure.paired_timings`
+    of the two models, so the latencies, throughputs and speed-ups all come from one interleaved run.
+    """
+    dense = _timed(before, timing["dense_latency_ms"], timing.get("dense_throughput"))
+    dense.update(method="dense", speedup=1.0, throughput_speedup=1.0 if timing.get("throughput") else None)
+    out = _timed(after, timing["latency_ms"], timing.get("throughput"))
+    out.update(method=method, speedup=timing["speedup"], throughput_speedup=timing.get("throughput_speedup"),
+               batch_size=timing["batch_size"], throughput_batch=timing.get("throughput_batch"))
+    out["dense"] = dense
+    out["ratios"] = {"params": round(after["params"] / before["params"], 4),
+                     "macs": round(after["macs"] / before["macs"], 4), "speedup": timing["speedup"],
+                     "throughput_speedup": timing.get("throughput_speedup")}
+    return out
+
+
+def measured(wl: Workload, dense_model, before: dict, method: str, evaluate, args) -> dict:
+    """Profile ``wl.model`` (compressed in place) and time it against ``dense_model`` in one run; the
+    :func:`compare` shape with ``model`` set."""
+    from prunekit.measure import paired_timings, profile
+    after = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
+    timing = paired_timings(dense_model, wl.model, wl.example_inputs, repeats=args.repeats,
+                            throughput_batch=args.throughput_batch)
+    before = {**before, "model": wl.name}
+    return {"model": wl.name, **compare(before, after, method, timing)}
 
 
 def _fmt(value: Any) -> str:

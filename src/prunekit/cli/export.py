@@ -8,7 +8,7 @@ success; the max difference is printed.
 """
 from __future__ import annotations
 
-from prunekit.cli.common import check_range, print_result, resolve_model
+from prunekit.cli.common import check_range, compare, print_result, resolve_model
 
 
 def register(sub) -> None:
@@ -52,8 +52,10 @@ def run(args) -> int:
         args.merge = 0
     wl = resolve_model(args.model)
     inputs = _batched(wl.example_inputs, args.batch)
-    merged = None
+    merged, dense = None, wl.model
     if args.merge is not None or args.target_macs is not None:
+        import copy
+        dense = copy.deepcopy(wl.model)
         from prunekit.tokens import merge, merge_dense, merge_video, schedule_of
         kw = dict(r=args.merge or 0, target_macs=args.target_macs, example_inputs=inputs)
         if args.windows is not None:
@@ -64,7 +66,12 @@ def run(args) -> int:
             merge(wl.model, **kw)
         merged = repr(schedule_of(wl.model))
     res = export_onnx(wl.model, inputs, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset)
-    res["model"] = wl.name
+    # the shape every verb prints: the exported model (in PyTorch) against the model before merging
+    from prunekit.measure import paired_timings, profile
+    p = profile(wl.model, inputs, repeats=1, warmup=0, memory=False)
+    d = profile(dense, inputs, repeats=1, warmup=0, memory=False) if dense is not wl.model else p
+    shape = compare({**d, "model": wl.name}, p, "export", paired_timings(dense, wl.model, inputs, repeats=3))
+    res = {"model": wl.name, **shape, **res}
     if merged:
         res["merge"] = {"schedule": merged, "windows": args.windows, "tubes": args.tubes}
     print_result(res, args.json)

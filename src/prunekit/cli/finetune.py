@@ -13,7 +13,7 @@ finetune ...`` it trains in DDP (NCCL on GPUs, gloo on CPUs). ``--json`` prints 
 """
 from __future__ import annotations
 
-from prunekit.cli.common import check_out, origin_meta, print_result, resolve_model
+from prunekit.cli.common import check_out, compare, origin_meta, print_result, resolve_model
 from prunekit.cli.recover import (
     add_train_args,
     check_args,
@@ -60,6 +60,13 @@ def run(args) -> int:
     info = recover(wl.model, data, args, args.epochs, teacher)
     after = validate(wl.model, data, args)
     result = {"model": wl.name, "top1": after.get("top1"), "top1_before": before.get("top1"), **info}
+    if D.is_main():  # the shape every verb prints; fine-tuning changes no shape, so one model is timed
+        from prunekit.measure import paired_timings, profile
+        p = profile(wl.model, example, repeats=1, warmup=0, memory=False)
+        timing = paired_timings(wl.model, wl.model, example, repeats=3)
+        shape = compare({**p, "model": wl.name, "metric": before}, {**p, "metric": after}, "finetune", timing)
+        result = {**shape, **result, "dense": {**shape["dense"], "method": "before fine-tuning"}}
+        del result["ratios"]
     if head:
         result["head"] = head
     if args.out and D.is_main():

@@ -1,13 +1,25 @@
-"""``prunekit merge NAME --r R | --target-macs F [--windows W | --tubes T] [--json]``: token merging (ToMe,
+"""``prunekit merge NAME --r R | --target-macs F [--windows W | --tubes T] [--out PATH] [--json]``: token merging (ToMe,
 Bolya et al., ICLR 2023) applied off the shelf, measured against the dense model in the ``prunekit
 profile --json`` shape. ``--windows``: local-then-global merging for dense prediction
 (:func:`prunekit.tokens.merge_dense`); ``--tubes``: time-tube merging for video
-(:func:`prunekit.tokens.merge_video`); ``--r`` / ``--target-macs`` then set the global merging after it."""
+(:func:`prunekit.tokens.merge_video`); ``--r`` / ``--target-macs`` then set the global merging after it.
+``--out`` saves the merged model with :func:`prunekit.save`: the patch (its schedule and local stage)
+is part of the saved module tree, so :func:`prunekit.load` gives back a model that merges the same
+way; the configuration is also recorded in the file's meta under ``merge``."""
 from __future__ import annotations
 
+import copy
 import sys
 
-from prunekit.cli.common import add_measure_args, check_range, compare, print_result, resolve_model
+from prunekit.cli.common import (
+    add_measure_args,
+    check_out,
+    check_range,
+    measured,
+    origin_meta,
+    print_result,
+    resolve_model,
+)
 from prunekit.measure import profile
 
 
@@ -24,6 +36,7 @@ def register(sub) -> None:
     local.add_argument("--tubes", type=int, metavar="T",
                        help="first merge the T most alike time tubes of a video model's tokens (static background)")
     p.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
+    p.add_argument("--out", default=None, help="save the merged model here (.safetensors); load re-applies the merge")
     add_measure_args(p)
     p.set_defaults(func=run)
 
@@ -33,6 +46,7 @@ def run(args) -> int:
     from prunekit.tokens import last_info, merge, merge_dense, merge_video, schedule_of
     check_range("--r", args.r, 0, float("inf"), command="merge")
     check_range("--target-macs", args.target_macs, 0, 1, lo_open=True, command="merge")
+    check_out(args.out, "merge")
     wl = resolve_model(args.model)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
     kwargs = dict(r=args.r if args.r is not None else 0, prop_attn=not args.no_prop_attn,
@@ -43,15 +57,15 @@ def run(args) -> int:
         apply = lambda m: merge_video(m, tubes=args.tubes, **kwargs)
     else:
         apply = lambda m: merge(m, **kwargs)
-    dense = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
+    dense_model = copy.deepcopy(wl.model)
     try:
         apply(wl.model)
     except (PruningError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = compare(dense, profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats))
+    result = measured(wl, dense_model, dense, "merge", evaluate, args)
     schedule = schedule_of(wl.model)
-    result["model"] = wl.name
     result["tome"] = {"r": getattr(schedule, "r", None), "schedule": repr(schedule),
                       "prop_attn": not args.no_prop_attn, "target_macs": args.target_macs,
                       "windows": args.windows, "tubes": args.tubes}
@@ -63,5 +77,10 @@ def run(args) -> int:
             result["tome"]["clamped"] = True
             print(f"prunekit merge: --r {args.r} is more than some layers can merge (at most half of the tokens "
                   f"they see); merged per layer: {list(info.r)}", file=sys.stderr)
+    if args.out:
+        import prunekit
+        config = {k: v for k, v in result["tome"].items() if k not in ("r_per_layer", "tokens_per_layer")}
+        prunekit.save(wl.model, args.out, meta={**origin_meta(wl), "merge": config})
+        result["out"] = args.out
     print_result(result, args.json)
     return 0

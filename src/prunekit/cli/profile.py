@@ -1,8 +1,9 @@
-"""``prunekit profile NAME [--json]``: params, MACs, latency, memory and task metric of a model."""
+"""``prunekit profile NAME [--json]``: params, MACs, latency, throughput, memory and task metric of a
+model, in the shape every verb prints (``method`` is ``dense`` and ``dense`` repeats the model's own)."""
 from __future__ import annotations
 
-from prunekit.cli.common import add_measure_args, print_result, resolve_model
-from prunekit.measure import profile
+from prunekit.cli.common import add_measure_args, compare, print_result, resolve_model
+from prunekit.measure import paired_timings, profile
 
 
 def register(sub) -> None:
@@ -14,8 +15,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     wl = resolve_model(args.model)
-    result = profile(wl.model, wl.example_inputs, lambda m: wl.evaluate(m, limit=args.limit),
-                     repeats=args.repeats)
-    result["model"] = wl.name
+    p = profile(wl.model, wl.example_inputs, lambda m: wl.evaluate(m, limit=args.limit), repeats=1, warmup=0)
+    timing = paired_timings(wl.model, wl.model, wl.example_inputs, repeats=args.repeats,
+                            throughput_batch=args.throughput_batch)
+    result = {"model": wl.name, **compare({**p, "model": wl.name}, p, "dense", timing)}
+    del result["ratios"]
     print_result(result, args.json)
     return 0

@@ -18,7 +18,7 @@ from prunekit.cli.common import (
     add_measure_args,
     check_out,
     check_range,
-    compare,
+    measured,
     origin_meta,
     print_result,
     require_finetune,
@@ -83,8 +83,9 @@ def run(args) -> int:
     _rounds_check(base, args, data)
     evaluate = (lambda m: wl.evaluate(m, limit=args.limit)) if data is None or data.val is None else \
         (lambda m: validate(m, data, args))
-    before = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
-    teacher = copy.deepcopy(wl.model) if args.finetune_epochs and args.distill else None
+    before = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
+    dense_model = copy.deepcopy(wl.model)  # timed against the pruned model in one run at the end
+    teacher = dense_model if args.finetune_epochs and args.distill else None
     slimming = None
     if penalty is not None:
         from prunekit.zoo.finetune import finetune
@@ -129,9 +130,7 @@ def run(args) -> int:
         from prunekit.zoo.finetune import finetune
         info["finetune"] = finetune(wl.model, base, args.finetune_epochs, samples=args.finetune_samples,
                                     teacher=teacher)
-    after = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
-    result = compare(before, after)
-    result["model"] = wl.name
+    result = measured(wl, dense_model, before, "prune", evaluate, args)
     result["prune"] = info
     meta = {**origin_meta(wl), "prune": info}
     if data is not None:

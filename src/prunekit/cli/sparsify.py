@@ -20,7 +20,7 @@ from typing import Any
 from prunekit.cli.common import (
     add_measure_args,
     check_out,
-    compare,
+    measured,
     origin_meta,
     print_result,
     require_finetune,
@@ -91,8 +91,9 @@ def run(args) -> int:
         _check_gradual(args, base, data)
     evaluate = (lambda m: wl.evaluate(m, limit=args.limit)) if data is None or data.val is None else \
         (lambda m: validate(m, data, args))
-    teacher = copy.deepcopy(wl.model) if args.distill and (args.finetune_epochs or args.gradual_epochs) else None
-    dense = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
+    dense_model = copy.deepcopy(wl.model)  # timed against the sparse model in one run at the end
+    teacher = dense_model if args.distill and (args.finetune_epochs or args.gradual_epochs) else None
+    dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
     with tempfile.TemporaryDirectory() as tmp:
         prunekit.save(wl.model, Path(tmp) / "dense.safetensors")
         dense_bytes = (Path(tmp) / "dense.safetensors").stat().st_size
@@ -111,7 +112,6 @@ def run(args) -> int:
             from prunekit.zoo.finetune import finetune
             training = finetune(wl.model, base, args.finetune_epochs, teacher=teacher)
     plan = prunekit.finalize(wl.model, kernels=args.kernels, example_inputs=wl.example_inputs)
-    sparse = profile(wl.model, wl.example_inputs, evaluate, repeats=args.repeats)
     meta = {"sparsify": {"sparsity": res.target, "method": res.method, "pattern": res.pattern, "scope": res.scope}}
     key = "gradual" if args.gradual_epochs else "finetune"
     if training:
@@ -120,9 +120,8 @@ def run(args) -> int:
     if data is not None:
         meta = saved_meta(data, meta)
     prunekit.save(wl.model, args.out, meta=meta)
-    out = compare(dense, sparse)
-    out["model"] = wl.name
-    out["ratios"]["nonzero_params"] = round(sparse["nonzero_params"] / dense["nonzero_params"], 4)
+    out = measured(wl, dense_model, dense, "sparsify", evaluate, args)
+    out["ratios"]["nonzero_params"] = round(out["nonzero_params"] / dense["nonzero_params"], 4)
     out["sparsity"] = {"target": res.target, "achieved": res.total, "method": res.method, "pattern": res.pattern,
                        "scope": res.scope, "layers": len(res.layers), "coverage": round(res.coverage, 4),
                        "untouched": res.untouched}
