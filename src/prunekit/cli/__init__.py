@@ -13,7 +13,8 @@ import sys
 __all__ = ["main", "COMMANDS"]
 
 # One module per subcommand (prunekit.cli.<name>); each defines register(subparsers).
-COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune", "drop_layers", "finetune", "export")
+COMMANDS = ("profile", "zoo", "demo", "sparsify", "merge", "tokens", "prune", "drop_layers", "finetune", "export",
+            "run", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
