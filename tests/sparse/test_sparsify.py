@@ -145,7 +145,7 @@ BAD = [
     (dict(sparsity=0.5, method="wanda"), "needs calib"),
     (dict(sparsity=0.5, pattern="2:8"), "fixes the sparsity"),
     (dict(sparsity=0.5, pattern="block:5x5"), "does not tile"),
-    (dict(sparsity=0.5, ignore=["nope"]), "no module of that name"),
+    (dict(sparsity=0.5, ignore=["nope"]), "no module or parameter of that name"),
 ]
 
 

@@ -11,7 +11,6 @@ layer, found as ``model.get_classifier()`` (timm and the prunekit zoo), else Hug
 """
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.measure import run_model
+from prunekit.select import ignored_modules
 
 __all__ = ["TARGET_TYPES", "output_layer", "default_targets", "input_norms"]
 
@@ -41,28 +41,14 @@ def output_layer(model: nn.Module) -> nn.Module | None:
     return linears[-1] if linears else None
 
 
-def _ignored(name: str, module: nn.Module, ignore: Iterable[Any]) -> bool:
-    for item in ignore:
-        if isinstance(item, str) and (name == item or fnmatch.fnmatchcase(name, item)):
-            return True
-        if isinstance(item, nn.Module) and item is module:
-            return True
-        if isinstance(item, type) and isinstance(module, item):
-            return True
-    return False
-
-
 def default_targets(model: nn.Module, ignore: Iterable[Any] = ()) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of the layers to sparsify; ``ignore`` holds names, fnmatch patterns,
-    module instances or module types to leave dense. Unknown plain names raise ``PruningError``."""
-    ignore = tuple(ignore)
-    names = {n for n, _ in model.named_modules()}
-    for item in ignore:
-        if isinstance(item, str) and not any(c in item for c in "*?[") and item not in names:
-            raise PruningError(item, "ignore a module", "no module of that name in the model")
+    """``(name, module)`` of the layers to sparsify; ``ignore`` as in :mod:`prunekit.select` (module
+    paths, fnmatch patterns, parameter names, modules, classes) leaves layers dense; a name or
+    pattern that matches nothing raises ``PruningError``."""
+    skip = ignored_modules(model, ignore)
     head = output_layer(model)
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, TARGET_TYPES) and m is not head and not _ignored(n, m, ignore)]
+            if isinstance(m, TARGET_TYPES) and m is not head and n not in skip]
 
 
 def _batches(calib: Any) -> Iterable[Any]:

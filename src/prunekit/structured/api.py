@@ -27,6 +27,7 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.measure import count_macs, count_params, counting_macs, run_model
+from prunekit.select import as_list, ignored_modules, ignored_params
 from prunekit.structured.heads import fix_attention, sync_hf_config
 from prunekit.structured.hf_save import guard_save_pretrained
 from prunekit.structured.importance import Importance, get_importance
@@ -122,8 +123,7 @@ def groups(model: nn.Module, example_inputs: Any, ignore: Iterable = ()) -> Grou
     return out
 
 
-def _as_list(ignore: Iterable) -> list:
-    return list(ignore) if not isinstance(ignore, (str, nn.Module, type)) else [ignore]
+_as_list = as_list
 
 
 def _trace_key(model: nn.Module, example_inputs: Any, ignore: list) -> tuple:
@@ -164,18 +164,8 @@ def _fix_kept(model: nn.Module, tr: TraceResult, ignore: list) -> None:
 
 
 def _apply_ignore(model: nn.Module, tr: TraceResult, ignore: Iterable) -> None:
-    names = []
-    mods = dict(model.named_modules())
-    for ent in _as_list(ignore):
-        for path, m in mods.items():
-            hit = (m is ent if isinstance(ent, nn.Module) else isinstance(m, ent) if isinstance(ent, type)
-                   else path == ent or path.startswith(ent + ".") if isinstance(ent, str) else False)
-            if hit:
-                prefix = f"{path}." if path else ""
-                names += [prefix + n for n, _ in m.named_parameters()]
-                names += [prefix + n for n, _ in m.named_buffers()]  # e.g. a fixed blur filter
-        if isinstance(ent, str):
-            names += [n for n in tr.param_labels if n == ent]
+    names = ignored_params(model, ignore)
+    names += [n for n in tr.param_labels if any(n == e for e in _as_list(ignore) if isinstance(e, str))]
     tr.fix_params(names)
 
 
@@ -358,6 +348,7 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     kwargs = dict(ratio=ratio, target_macs=target_macs, importance=importance, scope=scope, units=units,
                   round_to=round_to, calib=calib, max_group_ratio=max_group_ratio)
     ignore = _as_list(ignore)
+    ignored_modules(model, ignore)  # an unknown name is refused before any tracing
     if groups is not None and (groups.trace is None or groups.key != _trace_key(model, example_inputs, ignore)):
         raise PruningError("<model>", "prune with groups=", "these groups were traced from another model, "
                            "parameter shapes, mode (train/eval), input shapes or ignore=; call "
