@@ -74,7 +74,7 @@ def run_workload(label: str, model: nn.Module, calib: list[Any], latency_inputs:
                     removed_paths.append(step.removed_paths[0])
                 res = step
             else:
-                res = drop_layers(pruned, n=n, importance=imp, calib=calib if imp == "block_influence" else None)
+                res = drop_layers(pruned, n=n, criterion=imp, calib=calib if imp == "block_influence" else None)
                 removed_paths = res.removed_paths
             m = evaluate(pruned)
             row = [label, n, name, " ".join(p.rsplit(".", 1)[-1] for p in removed_paths), metric, m[metric],

@@ -80,7 +80,7 @@ def run_arm(arm: str, wl, args, macs_dense: int) -> dict:
             m = phase(key, m, e, args, [GradualPruning(sparsity, start=0.0, end=0.5)])
         out["sparsity"] = round(prunekit.sparsity_report(m).total["sparsity"], 4)
     elif arm == "s30_oneshot_l2":
-        prunekit.prune(m, ex, target_macs=args.target_macs, importance="l2")
+        prunekit.prune(m, ex, target_macs=args.target_macs, criterion="l2")
         out["cut_top1"] = wl.evaluate(m)["top1"]
         m = phase(key, m, e, args)
     elif arm in ("s30_slimming", "s30_group"):
@@ -89,13 +89,13 @@ def run_arm(arm: str, wl, args, macs_dense: int) -> dict:
         m = phase(key + "_reg", m, e / 2, args, [cb])
         cut = CACHE / f"{key}_cut.safetensors"
         if not cut.exists():
-            prunekit.prune(m, ex, target_macs=args.target_macs, importance=crit)
+            prunekit.prune(m, ex, target_macs=args.target_macs, criterion=crit)
             prunekit.save(m, cut, meta={"cut_top1": wl.evaluate(m)["top1"]})
         m = prunekit.load(cut)
         out["cut_top1"] = m.prunekit_meta.get("cut_top1")
         m = phase(key + "_ft", m, e / 2, args)
     elif arm == "s30_sfp":
-        m = phase(key + "_sfp", m, e * 0.8, args, [SoftFilterPruning(target_macs=args.target_macs, importance="l2")])
+        m = phase(key + "_sfp", m, e * 0.8, args, [SoftFilterPruning(target_macs=args.target_macs, criterion="l2")])
         out["cut_top1"] = wl.evaluate(m)["top1"]
         m = phase(key + "_ft", m, e * 0.2, args)
     m.eval()

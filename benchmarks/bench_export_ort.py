@@ -92,7 +92,7 @@ def _ratio(dense: list[float], comp: list[float]) -> float:
 def _compress(name: str, how: str, model, inputs):
     from prunekit.tokens import merge, merge_dense, merge_video
     if how in ("prune", "prune-rt8"):
-        prunekit.prune(model, inputs, target_macs=0.5, importance="l2", round_to=8 if how == "prune-rt8" else None)
+        prunekit.prune(model, inputs, target_macs=0.5, criterion="l2", round_to=8 if how == "prune-rt8" else None)
     elif how == "tome":
         merge(model, target_macs=0.6, example_inputs=inputs)
     elif how == "dense-merge":

@@ -55,7 +55,7 @@ def run_model(name: str, limit: int, threads: int, calib: list) -> None:
             model = copy.deepcopy(wl.model)
             nm = ":" in s
             ignore = set(not_div if nm else ()) | ({first} if "input layer dense" in label else set())
-            res = prunekit.sparsify(model, None if nm else float(s), method=method, scope="global",
+            res = prunekit.sparsify(model, None if nm else float(s), criterion=method, scope="global",
                                     pattern=s if nm else "unstructured", ignore=sorted(ignore),
                                     calib=calib if method == "wanda" else None)
             prunekit.finalize(model)

@@ -40,7 +40,7 @@ def main() -> None:
     for pattern, method, scope in CONFIGS:
         model = copy.deepcopy(wl.model)
         t0 = time.perf_counter()
-        res = prunekit.sparsify(model, 0.5, method=method, scope=scope, pattern=pattern,
+        res = prunekit.sparsify(model, 0.5, criterion=method, scope=scope, pattern=pattern,
                                 calib=calib if method == "wanda" else None)
         dt = time.perf_counter() - t0
         prunekit.finalize(model)

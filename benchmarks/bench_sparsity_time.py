@@ -55,7 +55,7 @@ def main() -> None:
     for _ in range(args.repeats):
         a, b = copy.deepcopy(base_model), copy.deepcopy(base_model)
         t0 = CLOCK()
-        prunekit.sparsify(a, args.sparsity, method="magnitude", scope="global")
+        prunekit.sparsify(a, args.sparsity, criterion="magnitude", scope="global")
         ours.append(CLOCK() - t0)
         params = [(b.get_submodule(n), "weight") for n in names]
         t0 = CLOCK()

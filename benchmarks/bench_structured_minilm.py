@@ -40,7 +40,7 @@ def main() -> None:
         for crit in args.criteria.split(","):
             m = copy.deepcopy(wl.model)
             t0 = time.perf_counter()
-            res = prunekit.prune(m, wl.example_inputs, ratio=0.25, units=("heads",), scope=scope, importance=crit,
+            res = prunekit.prune(m, wl.example_inputs, ratio=0.25, units=("heads",), scope=scope, criterion=crit,
                                  calib=calibration_batches(64) if crit == "taylor" else None)
             secs = time.perf_counter() - t0
             metric = wl.evaluate(m, limit=args.limit)

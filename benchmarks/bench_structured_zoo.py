@@ -59,7 +59,7 @@ def speed_only(name: str, kwargs: dict, crit: str, args) -> None:
     wl = load(name)
     x64 = normalize(load_fashion_mnist("test")[0][:64])
     m = copy.deepcopy(wl.model)
-    prunekit.prune(m, wl.example_inputs, importance=crit, **kwargs)
+    prunekit.prune(m, wl.example_inputs, criterion=crit, **kwargs)
     kept = round(count_macs(m, (x64,)) / count_macs(wl.model, (x64,)), 3)
     if kept != row["macs_kept"]:
         raise SystemExit(f"MACs kept {kept} != {row['macs_kept']} in {path}: the pruned model changed; rerun fully")
@@ -87,7 +87,7 @@ def run(name: str, kwargs: dict, criteria: list[str], args, rows: list, raw: dic
     for crit in criteria:
         m = copy.deepcopy(dense)
         t0 = time.perf_counter()
-        prunekit.prune(m, wl.example_inputs, importance=crit,
+        prunekit.prune(m, wl.example_inputs, criterion=crit,
                              calib=calib_batches() if crit == "taylor" else None, **kwargs)
         secs = time.perf_counter() - t0
         acc = wl.evaluate(m, limit=args.limit)["top1"]

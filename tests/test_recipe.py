@@ -25,7 +25,7 @@ def test_there_is_an_example_for_every_verb_and_each_one_plans(capsys):
 @pytest.mark.parametrize("text,message", [
     ("model: fmnist-resnet\nsteps:\n  - prune: {targt_macs: 0.5}\n", "steps[0].prune: unknown key 'targt_macs'"),
     ("model: fmnist-resnet\nsteps:\n  - prune: {target_macs: half}\n", "steps[0].prune: target_macs: Input should be"),
-    ("model: fmnist-resnet\nsteps:\n  - prune: {importance: l3}\n", "steps[0].prune: importance: Input should be"),
+    ("model: fmnist-resnet\nsteps:\n  - prune: {criterion: l3}\n", "steps[0].prune: criterion: Input should be"),
     ("model: fmnist-resnet\nsteps:\n  - shrink: {r: 2}\n", "steps[0]: unknown verb 'shrink'"),
     ("steps:\n  - merge: {r: 2}\n", "model: give a zoo name"),
     ("model: fmnist-vit\nstep:\n  - merge: {r: 2}\n", "unknown key 'step'"),
@@ -58,7 +58,7 @@ def test_the_smallest_recipe_runs_into_one_directory(quick_run):
             "03-export.onnx", "03-export.json", "report.md", "report.html", "results.json", "run.json"} <= names
     prune = json.loads((quick_run / "01-prune.json").read_text())
     assert prune["method"] == "prune" and abs(prune["ratios"]["macs"] - 0.5) <= 0.02
-    assert prune["prune"]["importance"] == "l2" and prune["command"].startswith("prunekit prune fmnist-resnet")
+    assert prune["prune"]["criterion"] == "l2" and prune["command"].startswith("prunekit prune fmnist-resnet")
     export = json.loads((quick_run / "03-export.json").read_text())
     assert export["max_abs_diff"] <= export["tolerance"] and "hints" not in export  # round_to 8: no hint
     rows = json.loads((quick_run / "results.json").read_text())

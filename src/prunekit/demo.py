@@ -80,7 +80,7 @@ def _prune(finetune_epochs: float = 0.0, **kw):
 def _sparsify(sparsity: float, method: str = "magnitude", pattern: str = "unstructured"):
     def apply(m, wl):
         import prunekit
-        prunekit.sparsify(m, sparsity, method=method, pattern=pattern,
+        prunekit.sparsify(m, sparsity, criterion=method, pattern=pattern,
                           calib=_calib(wl) if method == "wanda" else None)
         prunekit.finalize(m)
         return m
@@ -105,7 +105,7 @@ def _slimming(epochs: float, strength: float = 1e-4, **kw):
         import prunekit
         from prunekit.zoo.finetune import finetune
         finetune(m, wl.name, epochs / 2, regularizer=prunekit.slimming_penalty(m, strength))
-        prunekit.prune(m, wl.example_inputs, importance="bn_scale", **kw)
+        prunekit.prune(m, wl.example_inputs, criterion="bn_scale", **kw)
         finetune(m, wl.name, epochs / 2, seed=1)
         return m
     return apply

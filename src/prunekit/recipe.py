@@ -103,7 +103,7 @@ class Recipe:
                     continue
                 if dest == "teacher" and value == "dense":
                     value = self.model
-                flag = opts[dest].option_strings[-1]
+                flag = next(o for o in opts[dest].option_strings if o.startswith("--"))
                 argv += [flag] if value is True else [flag, str(value)]
             cmds.append([*argv, "--out", out, "--json"])
             if step.verb != "export":

@@ -19,7 +19,7 @@ def _doc(capsys):
     ("profile", "fmnist-resnet", [], "dense"),
     ("prune", "fmnist-resnet", ["--target-macs", "0.5", "--out", "{tmp}/p.safetensors"], "prune"),
     ("sparsify", "fmnist-resnet", ["--sparsity", "0.5", "--out", "{tmp}/s.safetensors"], "sparsify"),
-    ("drop-layers", "fmnist-resnet", ["--n", "1", "--importance", "last"], "drop-layers"),
+    ("drop-layers", "fmnist-resnet", ["--n", "1", "--criterion", "last"], "drop-layers"),
     ("merge", "fmnist-vit", ["--r", "4"], "merge"),
 ])
 def test_every_verb_prints_the_same_keys(verb, model, args, method, tmp_path, capsys):

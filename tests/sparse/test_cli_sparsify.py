@@ -39,8 +39,10 @@ def test_cli_sparsify_nm_wanda(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
     out = tmp_path / "nm.safetensors"
     main(["sparsify", "tiny", "--method", "wanda", "--pattern", "2:4", "--out", str(out), "--repeats", "1"])
-    text = capsys.readouterr().out
-    assert "sparsity" in text and "2:4" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "sparsity" in text and "2:4" in text and "wanda" in text
+    assert "--method is deprecated, use --criterion" in captured.err  # the old spelling still works
     w = prunekit.load(out)[2].weight
     assert int(w.reshape(-1, 4).ne(0).sum(1).max()) <= 2
 

@@ -105,7 +105,7 @@ def test_state_dict_resumes_the_count(cnn):
 
 def test_wanda_schedule_uses_the_calibration_batch(mlp):
     calib = torch.randn(32, mlp[0].in_features)
-    pruner = GradualPruner(mlp, 0.5, end_step=2, method="wanda", calib=calib)
+    pruner = GradualPruner(mlp, 0.5, end_step=2, criterion="wanda", calib=calib)
     pruner.step()
     pruner.step()
     assert pruner.sparsity == pytest.approx(0.5, abs=1e-2)

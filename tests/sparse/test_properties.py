@@ -20,7 +20,7 @@ def test_nm_groups_valid_or_error_without_change(widths, nm, method, seed):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calib = torch.randn(8, dims[0])
     try:
-        res = prunekit.sparsify(model, None, pattern=f"{n}:{m}", method=method, calib=calib)
+        res = prunekit.sparsify(model, None, pattern=f"{n}:{m}", criterion=method, calib=calib)
     except PruningError as e:
         assert f"M={m}" in str(e)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

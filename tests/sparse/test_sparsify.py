@@ -40,7 +40,7 @@ def test_achieved_sparsity(cnn, scope, sparsity):
 def test_global_magnitude_matches_torch_prune(cnn):
     twin = type(cnn)()
     twin.load_state_dict(cnn.state_dict())
-    prunekit.sparsify(cnn, 0.6, method="magnitude", scope="global")
+    prunekit.sparsify(cnn, 0.6, criterion="magnitude", scope="global")
     params = [(twin.conv1, "weight"), (twin.conv2, "weight"), (twin.fc1, "weight")]
     tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=0.6)
     for name in ("conv1", "conv2", "fc1"):
@@ -69,7 +69,7 @@ def test_wanda_scores_per_row_with_calib(mlp):
     calib = [torch.randn(16, 32) * torch.linspace(0.1, 3, 32) for _ in range(3)]
     w0 = mlp[0].weight.detach().clone()
     norm = torch.cat(calib).pow(2).sum(0).sqrt()
-    res = prunekit.sparsify(mlp, 0.5, method="wanda", calib=calib)
+    res = prunekit.sparsify(mlp, 0.5, criterion="wanda", calib=calib)
     score = w0.abs() * norm
     kept = mlp[0].weight_mask
     for r in range(w0.shape[0]):  # per output row: exactly half pruned, the lowest scores
@@ -83,8 +83,8 @@ def test_wanda_differs_from_magnitude_when_inputs_scaled(mlp):
                            for m in mlp])
     twin.load_state_dict(mlp.state_dict())
     calib = torch.randn(64, 32) * torch.logspace(-2, 1, 32)
-    prunekit.sparsify(mlp, 0.5, method="wanda", calib=calib)
-    prunekit.sparsify(twin, 0.5, method="magnitude", scope="layer")
+    prunekit.sparsify(mlp, 0.5, criterion="wanda", calib=calib)
+    prunekit.sparsify(twin, 0.5, criterion="magnitude", scope="layer")
     assert not torch.equal(mlp[0].weight_mask, twin[0].weight_mask)
 
 
@@ -101,7 +101,7 @@ def test_wanda_on_conv_and_dict_calib(cnn):
             return self.net(pixels)
 
     model = Kw(cnn)
-    res = prunekit.sparsify(model, 0.5, method="wanda", calib=[{"pixels": torch.randn(2, 4, 8, 8)}])
+    res = prunekit.sparsify(model, 0.5, criterion="wanda", calib=[{"pixels": torch.randn(2, 4, 8, 8)}])
     assert res.total == pytest.approx(0.5, abs=0.01)
 
 
@@ -130,9 +130,9 @@ def test_block_pattern(mlp):
 
 
 def test_random_method_seeded(mlp):
-    r1 = prunekit.sparsify(mlp, 0.7, method="random", seed=3)
+    r1 = prunekit.sparsify(mlp, 0.7, criterion="random", seed=3)
     m1 = mlp[0].weight_mask.clone()
-    prunekit.sparsify(mlp, 0.7, method="random", seed=3)
+    prunekit.sparsify(mlp, 0.7, criterion="random", seed=3)
     assert torch.equal(m1, mlp[0].weight_mask) and r1.total == pytest.approx(0.7, abs=1e-3)
 
 
@@ -168,10 +168,10 @@ def test_nm_indivisible_dimension_names_layer(cnn, unchanged):
 def test_wanda_calib_failure_leaves_model_unchanged(cnn, unchanged):
     check = unchanged(cnn)
     with pytest.raises(RuntimeError):  # wrong input shape: the forward fails mid-calibration
-        prunekit.sparsify(cnn, 0.5, method="wanda", calib=[torch.randn(2, 3, 8, 8)])
+        prunekit.sparsify(cnn, 0.5, criterion="wanda", calib=[torch.randn(2, 3, 8, 8)])
     assert check()
     with pytest.raises(PruningError, match="calibration data is empty"):
-        prunekit.sparsify(cnn, 0.5, method="wanda", calib=[])
+        prunekit.sparsify(cnn, 0.5, criterion="wanda", calib=[])
     assert check()
 
 

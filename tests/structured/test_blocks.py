@@ -169,12 +169,12 @@ def test_gpt2_n_layer_and_layer_idx(ids):
 
 def test_llama_kv_cache_matches_full_forward(ids):
     model = llama(4)
-    res = drop_layers(model, n=2, importance="last")
+    res = drop_layers(model, n=2, criterion="last")
     assert res.removed_paths == ["model.layers.2", "model.layers.3"]
     res = drop_layers(llama(4), n=1, calib=[ids])    # block influence path runs on Llama too
     assert len(res.removed) == 1
     model = llama(4)
-    res = drop_layers(model, n=2, importance=lambda m, paths: [0.0, 1.0, 0.5, 2.0])  # layers 0 and 2 go
+    res = drop_layers(model, n=2, criterion=lambda m, paths: [0.0, 1.0, 0.5, 2.0])  # layers 0 and 2 go
     assert res.removed_paths == ["model.layers.0", "model.layers.2"]
     assert model.config.num_hidden_layers == 2
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]   # were 1 and 3
@@ -200,7 +200,7 @@ def test_zoo_segvit_encoder_blocks():
     from prunekit.zoo.models import build
     model = build("mosaic-segvit").eval()
     x = torch.randn(1, 1, 56, 56)
-    res = drop_layers(model, n=2, importance="last")
+    res = drop_layers(model, n=2, criterion="last")
     assert res.removed_paths == ["encoder.blocks.6", "encoder.blocks.7"]
     assert len(model.encoder.blocks) == 6 and model(x).shape == (1, 11, 56, 56)
 
@@ -231,15 +231,15 @@ def test_torchvision_resnet_last_needs_example_inputs():
     model = tv.models.resnet18(num_classes=4).eval()
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(PruningError, match="example_inputs"):
-        drop_layers(model, n=1, importance="last")
-    res = drop_layers(model, n=2, importance="last", example_inputs=(x,))
+        drop_layers(model, n=1, criterion="last")
+    res = drop_layers(model, n=2, criterion="last", example_inputs=(x,))
     assert res.removed_paths == ["layer3.1", "layer4.1"]
     assert len(model.layer4) == 1 and model(x).shape == (1, 4)
 
 
 def test_callable_importance():
     model = TinyViT(scales=(1.0, 1.0, 1.0)).eval()
-    res = drop_layers(model, n=1, importance=lambda m, paths: [3.0, 1.0, 2.0])
+    res = drop_layers(model, n=1, criterion=lambda m, paths: [3.0, 1.0, 2.0])
     assert res.removed_paths == ["blocks.1"] and res.importance == "<lambda>"
 
 
@@ -280,8 +280,8 @@ def test_prunekit_save_round_trip(tmp_path):
     (dict(n=-1), "non-negative"),
     (dict(ratio=1.0), "fraction"),
     (dict(n=1, calib=None), "needs calib"),
-    (dict(n=1, importance="bogus"), "unknown importance"),
-    (dict(n=1, importance=lambda m, p: [0.0]), "returned 1 scores for 4 blocks"),
+    (dict(n=1, criterion="bogus"), "unknown importance"),
+    (dict(n=1, criterion=lambda m, p: [0.0]), "returned 1 scores for 4 blocks"),
     (dict(n=1, calib=[]), "calib is empty"),
     (dict(n=1, calib=[("not a tensor",)]), "failed on a calibration batch"),
 ])
@@ -301,7 +301,7 @@ def test_no_block_container():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     snap = snapshot(model)
     with pytest.raises(PruningError, match="no block container found"):
-        drop_layers(model, n=1, importance="last")
+        drop_layers(model, n=1, criterion="last")
     assert_unchanged(model, snap)
 
 
@@ -322,7 +322,7 @@ def test_failed_fixup_restores_model(monkeypatch, ids):
         return site
     monkeypatch.setattr(mod, "ADAPTERS", [broken])
     with pytest.raises(PruningError, match="boom"):
-        drop_layers(model, n=1, importance="last")
+        drop_layers(model, n=1, criterion="last")
     assert_unchanged(model, snap)
     assert len(model.transformer.h) == 4
 

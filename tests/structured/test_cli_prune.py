@@ -46,7 +46,7 @@ def test_cli_prune_slimming_trains_with_the_penalty_then_cuts_by_bn_scale(tmp_pa
                  "--slimming-strength", "1e-3", "--limit", "64", "--repeats", "1", "--json", "--out", str(out)])
     assert code == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["prune"]["importance"] == "bn_scale"
+    assert res["prune"]["criterion"] == "bn_scale"
     assert res["prune"]["slimming"]["steps"] == 4 and res["prune"]["slimming"]["strength"] == 1e-3
     assert abs(res["ratios"]["macs"] - 0.5) <= 0.02 * 0.5
     assert prunekit.load(out).prunekit_meta["prune"]["slimming"]["steps"] == 4

@@ -166,7 +166,7 @@ def test_target_macs_within_two_percent(resnet, target):
 @pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "taylor", "random"])
 def test_every_criterion_prunes(resnet, criterion):
     calib = [(X28[0], torch.tensor([1, 3]))] if criterion == "taylor" else None
-    res = prunekit.prune(resnet, X28, ratio=0.3, importance=criterion, calib=calib)
+    res = prunekit.prune(resnet, X28, ratio=0.3, criterion=criterion, calib=calib)
     assert res.macs_ratio <= 0.8 and outputs(resnet, X28)[0].shape == (2, 10)
     assert all(p.grad is None for p in resnet.parameters())
 
@@ -174,7 +174,7 @@ def test_every_criterion_prunes(resnet, criterion):
 def test_bn_scale_removes_smallest_gammas(resnet):
     with torch.no_grad():
         resnet.layers[0].bn1.weight[:8] = 1e-4
-    res = prunekit.prune(resnet, X28, ratio=0.25, importance="bn_scale", scope="local")
+    res = prunekit.prune(resnet, X28, ratio=0.25, criterion="bn_scale", scope="local")
     grp = next(d for d in res.decisions if any("layers.0.bn1.weight" in m for m in d["members"]))
     assert grp["removed"] == list(range(8))
 
@@ -184,7 +184,7 @@ def test_custom_importance_subclass(resnet):
         def __call__(self, group, params):
             return -torch.arange(group.size, dtype=torch.float64)  # prefer removing the last units
 
-    res = prunekit.prune(resnet, X28, ratio=0.25, importance=LastUnits(), scope="local")
+    res = prunekit.prune(resnet, X28, ratio=0.25, criterion=LastUnits(), scope="local")
     d = res.decisions[0]
     assert d["removed"] == list(range(d["size"] - len(d["removed"]), d["size"]))
 
@@ -248,7 +248,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         prunekit.prune(net, (torch.randn(1, 4),), ratio=0.3, target_macs=0.5)
     with pytest.raises(ValueError):
-        prunekit.prune(net, (torch.randn(1, 4),), ratio=0.3, importance="nope")
+        prunekit.prune(net, (torch.randn(1, 4),), ratio=0.3, criterion="nope")
 
 
 def test_unknown_op_is_left_alone():

@@ -42,7 +42,7 @@ def test_bad_strength_is_refused(strength):
 
 
 def test_a_model_without_batchnorm_is_refused_with_the_fix():
-    with pytest.raises(PruningError, match="importance='l2'"):
+    with pytest.raises(PruningError, match="criterion='l2'"):
         slimming_penalty(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
     assert len(slimming_penalty(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), types=(nn.LayerNorm,)).scales) == 1
 
@@ -75,7 +75,7 @@ def test_training_with_the_penalty_switches_off_the_channels_the_loss_does_not_n
     keep = set(gammas.argsort(descending=True)[:8].tolist())
     kernels = runs[0.01][0].weight.detach()[sorted(keep)]
     for strength, net in runs.items():
-        prunekit.prune(net, (x[:1],), ratio=0.5, importance="bn_scale", scope="local")
+        prunekit.prune(net, (x[:1],), ratio=0.5, criterion="bn_scale", scope="local")
         with torch.no_grad():
             cut_loss[strength] = float(nn.functional.mse_loss(net(x), y))
     assert runs[0.01][0].out_channels == 8 and torch.equal(runs[0.01][0].weight.detach(), kernels)

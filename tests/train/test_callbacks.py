@@ -65,7 +65,7 @@ def test_a_loss_term_is_added_to_every_step():
 def test_slimming_refuses_a_model_without_batchnorm_before_training():
     net = nn.Sequential(nn.Flatten(), nn.Linear(108, 4))
     before = net[1].weight.detach().clone()
-    with pytest.raises(PruningError, match="importance='l2'"):
+    with pytest.raises(PruningError, match="criterion='l2'"):
         fit(net, _task(), callbacks=[Slimming()], progress=False)
     assert torch.equal(before, net[1].weight)
 

@@ -1,7 +1,9 @@
 """What the subcommands share: resolving a model argument and printing results."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,21 @@ def add_measure_args(p) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed runs per round of a latency measurement")
     p.add_argument("--throughput-batch", type=int, default=32, metavar="N",
                    help="batch for the images/s figures (0: latency only)")
+
+
+class _OldName(argparse.Action):
+    """Stores the value; an old spelling of the flag still works and says which one replaces it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            print(f"prunekit: {option_string} is deprecated, use {self.option_strings[0]} (the same values)",
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_criterion(p, old: str, **kw) -> None:
+    """``--criterion`` (the scorer, one name in every verb and the Python API); ``old`` still works."""
+    p.add_argument("--criterion", old, dest="criterion", action=_OldName, **kw)
 
 
 def require_finetune(command: str, flag: str, base: str, instead: str) -> None:

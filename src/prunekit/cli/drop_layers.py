@@ -1,4 +1,4 @@
-"""``prunekit drop-layers MODEL --n N | --ratio R [--importance block_influence|last] [--out PATH] [--json]``.
+"""``prunekit drop-layers MODEL --n N | --ratio R [--criterion block_influence|last] [--out PATH] [--json]``.
 
 Removes whole blocks (transformer layers, identity-shortcut ResNet blocks) with
 :func:`prunekit.drop_layers`, lowest block influence first (ShortGPT: how little a block changes its
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from prunekit.cli.common import (
+    add_criterion,
     add_measure_args,
     check_out,
     check_range,
@@ -26,8 +27,8 @@ def register(sub) -> None:
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--n", type=int, help="number of blocks to remove")
     amount.add_argument("--ratio", type=float, help="fraction of the blocks to remove")
-    p.add_argument("--importance", default="block_influence", choices=["block_influence", "last"],
-                   help="block_influence (ShortGPT, on calibration data) or last (the deepest go)")
+    add_criterion(p, "--importance", default="block_influence", choices=["block_influence", "last"],
+                  help="block_influence (ShortGPT, on calibration data) or last (the deepest go)")
     p.add_argument("--calib", type=int, default=128, help="calibration samples for block_influence")
     p.add_argument("--out", default=None, help="save the model here (.safetensors)")
     add_measure_args(p)
@@ -43,13 +44,13 @@ def run(args) -> int:
     check_out(args.out, "drop-layers")
     wl = resolve_model(args.model)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
-    calib = calibration(wl, args.calib) if args.importance == "block_influence" else None
+    calib = calibration(wl, args.calib) if args.criterion == "block_influence" else None
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
     dense_model = copy.deepcopy(wl.model)
-    res = prunekit.drop_layers(wl.model, n=args.n, ratio=args.ratio, importance=args.importance, calib=calib,
+    res = prunekit.drop_layers(wl.model, n=args.n, ratio=args.ratio, criterion=args.criterion, calib=calib,
                                example_inputs=wl.example_inputs)
     result = measured(wl, dense_model, dense, "drop-layers", evaluate, args)
-    info = {"removed": res.removed_paths, "importance": args.importance, "n": args.n, "ratio": args.ratio}
+    info = {"removed": res.removed_paths, "criterion": args.criterion, "n": args.n, "ratio": args.ratio}
     result["drop_layers"] = info
     if args.out:
         prunekit.save(wl.model, args.out, meta={**origin_meta(wl), "drop_layers": info})

@@ -1,8 +1,8 @@
-"""``prunekit prune NAME --ratio R | --target-macs F [--importance ...] [--finetune-epochs E] --out PATH``.
+"""``prunekit prune NAME --ratio R | --target-macs F [--criterion ...] [--finetune-epochs E] --out PATH``.
 
 ``--slimming-epochs E`` (zoo classifiers with BatchNorm) first trains ``E`` epochs of the built-in
 fine-tune with Network Slimming's L1 penalty on the BatchNorm scales (``--slimming-strength``), then
-prunes by those scales (``--importance`` defaults to ``bn_scale`` then). ``--rounds K`` cuts in
+prunes by those scales (``--criterion`` defaults to ``bn_scale`` then). ``--rounds K`` cuts in
 ``K`` rounds (:func:`prunekit.structured.prune_iteratively`), each followed by ``1/K`` of the
 ``--finetune-epochs``.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 
 from prunekit.cli.common import (
+    add_criterion,
     add_measure_args,
     check_out,
     check_range,
@@ -33,8 +34,8 @@ def register(sub) -> None:
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--ratio", type=float, help="fraction of channels/heads to remove")
     amount.add_argument("--target-macs", type=float, help="fraction of MACs to keep (searched to within 2%%)")
-    p.add_argument("--importance", default=None, choices=["l1", "l2", "bn_scale", "taylor", "random"],
-                   help="channel/head score (default l2; bn_scale with --slimming-epochs)")
+    add_criterion(p, "--importance", default=None, choices=["l1", "l2", "bn_scale", "taylor", "random"],
+                  help="channel/head score (default l2; bn_scale with --slimming-epochs)")
     p.add_argument("--scope", default="global", choices=["global", "local"])
     p.add_argument("--units", default="channels,heads", help="comma list of channels,heads")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts a multiple of this")
@@ -77,7 +78,7 @@ def run(args) -> int:
     check_out(args.out, "prune")
     wl = resolve_model(args.model)
     base = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo", wl.name)
-    importance = args.importance or ("bn_scale" if args.slimming_epochs else "l2")
+    importance = args.criterion or ("bn_scale" if args.slimming_epochs else "l2")
     penalty = _slimming_check(wl, base, args) if args.slimming_epochs else None
     data = prepare(args, wl, args.finetune_epochs, "prune", args.distill)
     _rounds_check(base, args, data)
@@ -91,7 +92,7 @@ def run(args) -> int:
         from prunekit.zoo.finetune import finetune
         slimming = {**finetune(wl.model, base, args.slimming_epochs, regularizer=penalty),
                     "strength": args.slimming_strength}
-    options = dict(importance=importance, scope=args.scope, units=tuple(u for u in args.units.split(",") if u),
+    options = dict(criterion=importance, scope=args.scope, units=tuple(u for u in args.units.split(",") if u),
                    round_to=args.round_to, calib=_calib(wl, data) if importance == "taylor" else None,
                    on_failure=args.on_failure)
     rounds: list[dict] = []
@@ -111,7 +112,7 @@ def run(args) -> int:
     else:
         res = prunekit.prune(wl.model, wl.example_inputs, ratio=args.ratio, target_macs=args.target_macs, **options)
     info = {"seconds": round(res.seconds, 3), "groups": len(res.decisions),
-            "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "importance": importance,
+            "groups_pruned": sum(1 for d in res.decisions if d["removed"]), "criterion": importance,
             "ratio": args.ratio, "target_macs": args.target_macs, "scope": args.scope, "skipped": res.skipped,
             "rounds": args.rounds}
     asked = (args.ratio or 0) > 0 or (args.target_macs is not None and args.target_macs < 1)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.cli.common import (
+    add_criterion,
     add_measure_args,
     check_out,
     measured,
@@ -36,11 +37,12 @@ def register(sub) -> None:
     p.add_argument("model", help="zoo name, timm:<name>, hf:<dir>, a save_pretrained directory or a saved model path")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights to remove, in [0, 1) (N:M patterns fix it at 1 - N/M)")
-    p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "random"])
+    add_criterion(p, "--method", default="magnitude", choices=["magnitude", "wanda", "random"],
+                  help="weight score: magnitude, wanda (needs calibration data) or random")
     p.add_argument("--pattern", default="unstructured", help="unstructured, N:M (e.g. 2:4) or block:HxW")
     p.add_argument("--scope", default="global", choices=["global", "layer"])
     p.add_argument("--ignore", nargs="*", default=[], help="module names or fnmatch patterns to leave dense")
-    p.add_argument("--calib", type=int, default=256, help="calibration samples for --method wanda")
+    p.add_argument("--calib", type=int, default=256, help="calibration samples for --criterion wanda")
     p.add_argument("--kernels", default=None, choices=["auto", "csr", "bsr", "semi"],
                    help="swap Linear layers for sparse kernels (auto: only where a timing shows a speed-up)")
     p.add_argument("--gradual-epochs", type=float, default=0.0,
@@ -78,7 +80,7 @@ def run(args) -> int:
     from prunekit.sparse.oneshot import _check_args
     check_out(args.out, "sparsify")
     try:  # fail on bad arguments before the (slow) dense profile
-        _check_args(args.sparsity, args.method, args.scope, args.pattern, calib=True)
+        _check_args(args.sparsity, args.criterion, args.scope, args.pattern, calib=True)
     except PruningError as e:
         raise SystemExit(f"prunekit sparsify: {e}") from None
     wl = resolve_model(args.model)
@@ -97,8 +99,8 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         prunekit.save(wl.model, Path(tmp) / "dense.safetensors")
         dense_bytes = (Path(tmp) / "dense.safetensors").stat().st_size
-    calib = calibration(wl, args.calib) if args.method == "wanda" else None
-    options = {"method": args.method, "pattern": args.pattern, "scope": args.scope, "calib": calib,
+    calib = calibration(wl, args.calib) if args.criterion == "wanda" else None
+    options = {"criterion": args.criterion, "pattern": args.pattern, "scope": args.scope, "calib": calib,
                "ignore": args.ignore}
     try:
         res, training = (_gradual(wl.model, base, args, options, data, teacher) if args.gradual_epochs

@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.compat import renamed
 from prunekit.errors import PruningError
 from prunekit.sparse.oneshot import SparsityResult, _check_args, sparsify
 from prunekit.sparse.targets import default_targets
@@ -61,7 +62,7 @@ class GradualPruner:
     """Raise ``model``'s sparsity to ``sparsity`` on :func:`cubic_sparsity` between two optimizer steps.
 
     Call :meth:`step` once after every optimizer step; at each of :func:`update_steps` it re-scores
-    the weights and calls :func:`prunekit.sparsify` with the schedule's sparsity (``method``, ``scope``,
+    the weights and calls :func:`prunekit.sparsify` with the schedule's sparsity (``criterion``, ``scope``,
     ``pattern``, ``calib`` and ``ignore`` as there; N:M patterns have one fixed sparsity, so they are
     refused: train with ``sparsify(model, None, pattern="2:4")`` applied once instead). From
     ``end_step`` on the model holds ``sparsity``; :func:`prunekit.finalize` bakes the masks in. The
@@ -72,8 +73,10 @@ class GradualPruner:
     """
 
     def __init__(self, model: nn.Module, sparsity: float, *, end_step: int, start_step: int = 0, every: int = 1,
-                 initial: float = 0.0, method: str = "magnitude", scope: str = "global",
-                 pattern: str = "unstructured", calib: Any = None, ignore: Iterable[Any] = ()):
+                 initial: float = 0.0, criterion: str = "magnitude", scope: str = "global",
+                 pattern: str = "unstructured", calib: Any = None, ignore: Iterable[Any] = (),
+                 method: str | None = None):
+        method = renamed("GradualPruner", "method", "criterion", method, criterion, "magnitude")
         sparsity, pat = _check_args(sparsity, method, scope, pattern, calib)
         if pat.kind == "nm":
             raise PruningError("model", "GradualPruner", f"pattern {pattern!r} fixes the sparsity at "
@@ -90,7 +93,8 @@ class GradualPruner:
             raise PruningError("model", "GradualPruner", "no Linear or Conv2d layer to sparsify (all ignored?)")
         self.model, self.final, self.initial = model, sparsity, initial
         self.start_step, self.end_step, self.every = start_step, end_step, every
-        self.options = {"method": method, "scope": scope, "pattern": pattern, "calib": calib, "ignore": tuple(ignore)}
+        self.options = {"criterion": method, "scope": scope, "pattern": pattern, "calib": calib,
+                        "ignore": tuple(ignore)}
         self.updates = set(update_steps(end_step, start_step, every))
         self.steps = 0
         self.sparsity = 0.0

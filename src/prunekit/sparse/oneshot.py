@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.compat import renamed
 from prunekit.errors import PruningError
 from prunekit.sparse import masks as M
 from prunekit.sparse.masking import MASK_NAME, attach_mask, is_masked
@@ -149,16 +150,16 @@ def _masks(scores: list[torch.Tensor], sparsity: float, method: str, scope: str,
     return [M.unstructured_masks([s], sparsity)[0] for s in scores]
 
 
-def sparsify(model: nn.Module, sparsity: float | None, *, method: str = "magnitude", scope: str = "global",
+def sparsify(model: nn.Module, sparsity: float | None, *, criterion: str = "magnitude", scope: str = "global",
              pattern: str = "unstructured", calib: Any = None, ignore: Iterable[Any] = (),
-             seed: int = 0) -> SparsityResult:
+             seed: int = 0, method: str | None = None) -> SparsityResult:
     """Zero the least important weights of ``model``'s Linear and Conv2d layers, in place, and keep them zero.
 
     Args:
         sparsity: fraction of target weights to remove, in ``[0, 1)``. For ``"N:M"`` it must be
             ``1 - N/M`` or ``None``.
-        method: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖X‖₂, per output row; needs ``calib``) or
-            ``"random"``.
+        criterion: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖X‖₂, per output row; needs ``calib``) or
+            ``"random"`` (``method=`` is its old name, deprecated).
         scope: ``"global"`` (one threshold over all targets) or ``"layer"`` (each layer gets
             ``sparsity``). Wanda always compares within each output row; N:M within each group.
         pattern: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``) or ``"block:HxW"``.
@@ -176,9 +177,10 @@ def sparsify(model: nn.Module, sparsity: float | None, *, method: str = "magnitu
 
     >>> import torch
     >>> lin = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
-    >>> sparsify(lin, 0.5, method="wanda", calib=torch.randn(32, 8)).layers
+    >>> sparsify(lin, 0.5, criterion="wanda", calib=torch.randn(32, 8)).layers
     {'0': 0.5}
     """
+    method = renamed("sparsify", "method", "criterion", method, criterion, "magnitude")
     sparsity, pat = _check_args(sparsity, method, scope, pattern, calib)
     targets = default_targets(model, ignore)
     if not targets:

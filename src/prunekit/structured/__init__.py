@@ -3,7 +3,7 @@
 ``prune`` and ``groups`` are the dependency-aware engine (DepGraph-style coupled groups, Fang et
 al., CVPR 2023); ``drop_layers`` removes whole blocks ranked by block influence (ShortGPT);
 ``slimming_penalty`` is Network Slimming's training-time L1 term on BatchNorm scales, after which
-``prune(..., importance="bn_scale")`` cuts the channels training has already switched off;
+``prune(..., criterion="bn_scale")`` cuts the channels training has already switched off;
 ``prune_iteratively`` cuts in rounds with training between them, re-judging the survivors each time.
 
 >>> import torch, prunekit

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.compat import renamed
 from prunekit.errors import PruningError
 from prunekit.measure import count_macs, count_params, counting_macs, run_model
 from prunekit.select import as_list, ignored_modules, ignored_params
@@ -319,15 +320,18 @@ MAX_SKIPPED_CLASSES = 8  # on_failure="skip": give up after this many module cla
 
 
 def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, target_macs: float | None = None,
-          importance: str | Importance | Callable = "l2", scope: str = "global",
+          criterion: str | Importance | Callable = "l2", scope: str = "global",
           units: Iterable[str] = ("channels", "heads"), ignore: Iterable = (), round_to: int | None = None,
           calib: Any = None, max_group_ratio: float = MAX_GROUP_RATIO, on_failure: str = "raise",
-          groups: GroupList | None = None) -> PruneResult:
+          groups: GroupList | None = None, importance: str | Importance | Callable | None = None) -> PruneResult:
     """Remove the least important channels, neurons and heads of ``model`` in place.
 
     Exactly one of ``ratio`` (fraction of units removed) or ``target_macs`` (fraction of MACs kept,
-    reached by search to within 2%) is given. ``ignore`` holds modules, module classes, module
-    paths or parameter names whose dimensions stay as they are. The model's outputs keep their
+    reached by search to within 2%) is given. ``criterion`` scores the units: ``"l2"`` (default),
+    ``"l1"``, ``"bn_scale"``, ``"taylor"`` (needs ``calib``), ``"random"``, or an ``Importance`` /
+    callable (``importance=`` is its old name, deprecated). ``ignore`` (see :mod:`prunekit.select`)
+    holds modules, module classes, module paths, fnmatch patterns or parameter names whose
+    dimensions stay as they are. The model's outputs keep their
     shape; on failure the model is restored and :class:`prunekit.PruningError` is raised.
 
     ``on_failure="skip"`` instead leaves every module of the failing module's class as it is and
@@ -345,7 +349,8 @@ def prune(model: nn.Module, example_inputs: Any, *, ratio: float | None = None, 
     """
     if on_failure not in ("raise", "skip"):
         raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
-    kwargs = dict(ratio=ratio, target_macs=target_macs, importance=importance, scope=scope, units=units,
+    criterion = renamed("prune", "importance", "criterion", importance, criterion, "l2")
+    kwargs = dict(ratio=ratio, target_macs=target_macs, importance=criterion, scope=scope, units=units,
                   round_to=round_to, calib=calib, max_group_ratio=max_group_ratio)
     ignore = _as_list(ignore)
     ignored_modules(model, ignore)  # an unknown name is refused before any tracing

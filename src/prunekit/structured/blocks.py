@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.compat import renamed
 from prunekit.errors import PruningError
 from prunekit.measure import count_params, run_model
 from prunekit.structured.hf_save import guard_save_pretrained
@@ -396,11 +397,11 @@ def _choose_n(n: int | None, ratio: float | None, total: int, where: str) -> int
 
 
 def drop_layers(model: nn.Module, n: int | None = None, ratio: float | None = None,
-                importance: str | Callable[[nn.Module, list[str]], Sequence[float]] = "block_influence",
-                calib: Any = None, example_inputs: Any = None) -> DropResult:
+                criterion: str | Callable[[nn.Module, list[str]], Sequence[float]] = "block_influence",
+                calib: Any = None, example_inputs: Any = None, importance: Any = None) -> DropResult:
     """Remove ``n`` (or ``ratio`` of the) whole blocks of ``model`` in place, lowest importance first.
 
-    ``importance``: ``"block_influence"`` (ShortGPT, needs ``calib``: an iterable of batches, each a
+    ``criterion``: ``"block_influence"`` (ShortGPT, needs ``calib``: an iterable of batches, each a
     tuple of args, a dict of kwargs or a tensor), ``"last"`` (the deepest blocks go), or a callable
     ``f(model, block_paths) -> scores`` (lower = removed first). ResNet-like models only lose
     identity-shortcut blocks, found by running ``calib`` or ``example_inputs``. Every container keeps
@@ -408,10 +409,11 @@ def drop_layers(model: nn.Module, n: int | None = None, ratio: float | None = No
 
     >>> import torch
     >>> enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 3)
-    >>> res = drop_layers(enc, n=1, importance="last")
+    >>> res = drop_layers(enc, n=1, criterion="last")
     >>> res.removed_paths, len(enc.layers)
     (['layers.2'], 2)
     """
+    importance = renamed("drop_layers", "importance", "criterion", importance, criterion, "block_influence")
     root = type(model).__name__
     site = find_blocks(model)
     if site is None:

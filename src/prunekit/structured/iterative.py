@@ -44,7 +44,7 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, *, train: Callable[
 
     ``target_macs`` (fraction of the dense MACs kept) or ``ratio`` (fraction of the units removed)
     is the total; each round prunes by :func:`round_targets` of it, so the last round lands on it.
-    Other keyword arguments go to :func:`prunekit.prune` (``importance``, ``scope``, ``units``, ...).
+    Other keyword arguments go to :func:`prunekit.prune` (``criterion``, ``scope``, ``units``, ...).
     ``train`` gets the pruned model: its parameters are new tensors after every cut, so build the
     optimizer inside it. If a cut or a training round raises, ``model`` is put back as it was before
     the first cut and the error propagates.

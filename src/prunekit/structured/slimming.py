@@ -2,7 +2,7 @@
 
 The channels a network needs are judged while it trains: the penalty ``strength * sum |gamma|`` pushes
 the BatchNorm scale of every channel the loss can do without towards zero, so when training stops,
-``prunekit.prune(..., importance="bn_scale")`` removes channels that already contribute almost
+``prunekit.prune(..., criterion="bn_scale")`` removes channels that already contribute almost
 nothing, and the accuracy lost at the cut is smaller than when pruning a model trained without it.
 
 >>> import torch, prunekit
@@ -12,7 +12,7 @@ nothing, and the accuracy lost at the cut is smaller than when pruning a model t
 >>> round(penalty().item(), 6)            # 1e-3 * (8 scales at 1.0)
 0.008
 >>> loss = net(torch.randn(2, 1, 8, 8)).pow(2).mean() + penalty()   # add it to the training loss
->>> res = prunekit.prune(net, (torch.randn(1, 1, 8, 8),), ratio=0.5, importance="bn_scale")
+>>> res = prunekit.prune(net, (torch.randn(1, 1, 8, 8),), ratio=0.5, criterion="bn_scale")
 >>> net[0].out_channels
 4
 """
@@ -40,7 +40,7 @@ class SlimmingPenalty:
         if not self.scales:
             kinds = ", ".join(t.__name__ for t in types)
             raise PruningError("model", "slimming_penalty", f"no affine {kinds} layer: Network Slimming needs "
-                               "normalisation scales to penalise; prune with importance='l2' instead")
+                               "normalisation scales to penalise; prune with criterion='l2' instead")
         self.strength = strength
 
     def __call__(self) -> torch.Tensor:
