@@ -43,3 +43,16 @@ def test_drop_layers_importance_is_the_old_name_of_criterion():
     with pytest.warns(DeprecationWarning):
         res = prunekit.drop_layers(enc, n=1, importance="last")
     assert res.removed_paths == ["layers.2"]
+
+
+def test_every_result_object_has_a_json_able_as_dict():
+    import json
+    x = (torch.randn(2, 8),)
+    pruned = prunekit.prune(_net(), x, ratio=0.5).as_dict()
+    assert pruned["macs_ratio"] < 1 and pruned["params_after"] < pruned["params_before"]
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 3)
+    dropped = prunekit.drop_layers(enc, n=1, criterion="last").as_dict()
+    sparse = prunekit.sparsify(_net(), 0.5).as_dict()
+    for doc in (pruned, dropped, sparse):
+        json.dumps(doc)
+    assert dropped["removed_paths"] == ["layers.2"] and sparse["total"] == pytest.approx(0.5, abs=0.01)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -56,6 +56,10 @@ class PruneResult:
     seconds: float = 0.0
     ratio: float | None = None
     skipped: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """A JSON-able dict of every field plus ``macs_ratio`` and ``params_ratio``."""
+        return {**asdict(self), "macs_ratio": round(self.macs_ratio, 6), "params_ratio": round(self.params_ratio, 6)}
 
     @property
     def macs_ratio(self) -> float:

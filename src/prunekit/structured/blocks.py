@@ -24,7 +24,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +57,10 @@ class DropResult:
     importance: str = "block_influence"
     params_before: int = 0
     params_after: int = 0
+
+    def as_dict(self) -> dict:
+        """A JSON-able dict of every field (``nan`` scores mark blocks that may not go)."""
+        return asdict(self)
 
     def __str__(self) -> str:
         lines = [f"drop_layers ({self.family}, {self.importance}): removed {len(self.removed)} of "
