@@ -1,8 +1,25 @@
 """``prunekit tokens show NAME --r R --out merged.png``: which patches merged into which token (ToMe,
-Bolya et al., ICLR 2023), drawn over an input image of the model's workload."""
+Bolya et al., ICLR 2023), drawn over an input image of the model's workload.
+
+``prunekit tokens dynamic NAME --keep 0.7 --fit-epochs E [--data SPEC] --out PATH``: DynamicViT
+(Rao et al., NeurIPS 2021) token scorers before ``--stages``, trained with
+:func:`prunekit.train.fit_dynamic` (scorers at ``--lr``, the backbone at ``--backbone-lr``, distilled
+from the dense model), measured against the dense model in one run and saved with ``prunekit.save``.
+"""
 from __future__ import annotations
 
-from prunekit.cli.common import resolve_model
+import copy
+import dataclasses
+
+from prunekit.cli.common import (
+    add_measure_args,
+    check_out,
+    check_range,
+    measured,
+    origin_meta,
+    print_result,
+    resolve_model,
+)
 
 
 def register(sub) -> None:
@@ -14,6 +31,17 @@ def register(sub) -> None:
     show.add_argument("--out", default="merged.png", help="PNG to write")
     show.add_argument("--index", type=int, default=0, help="which example input to draw")
     show.set_defaults(func=run_show)
+    from prunekit.cli.recover import add_train_args
+    dyn = tsub.add_parser("dynamic", help="train DynamicViT token pruning on a ViT and save it")
+    dyn.add_argument("model", help="zoo name, timm:<name> or saved model path (a timm ViT with a class token)")
+    dyn.add_argument("--keep", type=float, default=0.7, help="share of the patch tokens kept at each stage")
+    dyn.add_argument("--stages", default="3,6,9", help="blocks before which tokens are pruned (comma list)")
+    dyn.add_argument("--fit-epochs", type=float, required=True, help="training epochs over --data")
+    dyn.add_argument("--backbone-lr", type=float, default=1e-5, help="the backbone's learning rate (0 freezes it)")
+    add_train_args(dyn, "training data: imagefolder:DIR or a zoo name (default: the zoo model's own)")
+    add_measure_args(dyn)
+    dyn.add_argument("--out", required=True, help="where to save the model (.safetensors)")
+    dyn.set_defaults(func=run_dynamic)
 
 
 def run_show(args) -> int:
@@ -30,4 +58,34 @@ def run_show(args) -> int:
     labels = merge_groups(wl.model, image, args.r)
     path = draw_merges(image, labels, args.out, title=f"{wl.name}, r={args.r}")
     print(f"wrote {path}: {labels.numel()} patches -> {int(labels.unique().numel())} tokens")
+    return 0
+
+
+def run_dynamic(args) -> int:
+    import prunekit
+    from prunekit.cli.recover import _loader, load_data
+    from prunekit.measure import profile
+    from prunekit.tokens import DynamicViT
+    from prunekit.train import fit_dynamic
+    check_range("--keep", args.keep, 0, 1, lo_open=True, hi_open=True, command="tokens dynamic")
+    check_range("--fit-epochs", args.fit_epochs, 0, float("inf"), lo_open=True, command="tokens dynamic")
+    check_out(args.out, "tokens dynamic")
+    stages = tuple(int(s) for s in args.stages.split(",") if s.strip())
+    wl = resolve_model(args.model)
+    zoo = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or (wl.name if wl.metric_key else None)
+    data = load_data(args, wl.model, zoo)
+    dyn = DynamicViT(copy.deepcopy(wl.model), stages=stages, keep=args.keep)  # refuses a model it cannot prune
+    evaluate = lambda m: wl.evaluate(m, limit=args.limit)
+    dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
+    train = data.train if data.steps_per_epoch else _loader(data.train, args.batch, True, args.workers, True)
+    history = fit_dynamic(dyn, train, epochs=args.fit_epochs, lr=args.lr or 1e-3, backbone_lr=args.backbone_lr,
+                          teacher=wl.model, steps_per_epoch=data.steps_per_epoch, batch=args.batch, seed=args.seed)
+    result = measured(dataclasses.replace(wl, model=dyn), wl.model, dense, "tokens dynamic", evaluate, args)
+    info = {"keep": args.keep, "stages": list(stages), "fit_epochs": args.fit_epochs, "steps": len(history),
+            "lr": args.lr or 1e-3, "backbone_lr": args.backbone_lr, "data": data.info,
+            "last_loss": {k: round(float(v), 4) for k, v in history[-1].items()} if history else {}}
+    result["dynamic"] = info
+    prunekit.save(dyn, args.out, meta={**origin_meta(wl), "dynamic": info})
+    result["out"] = args.out
+    print_result(result, args.json)
     return 0

@@ -46,7 +46,9 @@ def fit_dynamic(model: DynamicViT, batches: Any, *, epochs: float = 1, lr: float
     copy of the backbone as it was. ``train_kw`` are further :class:`prunekit.train.TrainConfig` fields.
     Returns the per-step loss parts; the model is left in eval mode."""
     from prunekit.train.loop import fit
+    given = teacher
     teacher = teacher if teacher is not None else copy.deepcopy(model.vit)
+    teacher_state = [p.requires_grad for p in teacher.parameters()], teacher.training
     teacher.eval().requires_grad_(False)
     trainable = {name: p.requires_grad for name, p in model.vit.named_parameters()}
     if backbone_lr <= 0:
@@ -69,4 +71,8 @@ def fit_dynamic(model: DynamicViT, batches: Any, *, epochs: float = 1, lr: float
         model.eval()
         for name, p in model.vit.named_parameters():  # as the caller had them (a frozen backbone stays frozen)
             p.requires_grad_(trainable[name])
+        if given is not None:  # a teacher the caller gave is handed back as it came
+            for p, flag in zip(given.parameters(), teacher_state[0], strict=True):
+                p.requires_grad_(flag)
+            given.train(teacher_state[1])
     return history

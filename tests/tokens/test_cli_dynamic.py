@@ -1,0 +1,33 @@
+"""``prunekit tokens dynamic``: trains DynamicViT on the zoo's data, measures it in one run, saves a file that loads."""
+import json
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.cli import main
+from prunekit.cli.common import JSON_KEYS
+from prunekit.measure import count_macs
+from prunekit.zoo import load, read_manifest
+
+
+@pytest.mark.skipif("fmnist-vit" not in read_manifest(), reason="no fmnist-vit checkpoint shipped")
+def test_tokens_dynamic_trains_measures_and_saves(tmp_path, capsys):
+    out = tmp_path / "dyn.safetensors"
+    assert main(["tokens", "dynamic", "fmnist-vit", "--keep", "0.7", "--fit-epochs", "0.0003", "--batch", "8",
+                 "--limit", "40", "--repeats", "1", "--throughput-batch", "16", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(JSON_KEYS) <= set(doc) and doc["method"] == "tokens dynamic"
+    assert doc["dynamic"]["steps"] == 2 and doc["dynamic"]["stages"] == [3, 6, 9]
+    assert doc["macs"] < 0.75 * doc["dense"]["macs"]  # 0.7 of the tokens kept at blocks 3, 6 and 9
+    back = prunekit.load(out).eval()
+    assert type(back).__name__ == "DynamicViT" and back.prunekit_meta["dynamic"]["keep"] == 0.7
+    x = load("fmnist-vit").example_inputs
+    assert count_macs(back, x) == doc["macs"]
+    with torch.no_grad():
+        assert back(*x).shape == (8, 10)
+
+
+def test_tokens_dynamic_refuses_a_bad_keep_before_building_anything(capsys):
+    assert main(["tokens", "dynamic", "fmnist-vit", "--keep", "1.5", "--fit-epochs", "1", "--out", "x.safetensors"]) == 2
+    assert "--keep" in capsys.readouterr().err
