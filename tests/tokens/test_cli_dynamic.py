@@ -29,5 +29,6 @@ def test_tokens_dynamic_trains_measures_and_saves(tmp_path, capsys):
 
 
 def test_tokens_dynamic_refuses_a_bad_keep_before_building_anything(capsys):
-    assert main(["tokens", "dynamic", "fmnist-vit", "--keep", "1.5", "--fit-epochs", "1", "--out", "x.safetensors"]) == 2
+    argv = ["tokens", "dynamic", "fmnist-vit", "--keep", "1.5", "--fit-epochs", "1", "--out", "x.safetensors"]
+    assert main(argv) == 2
     assert "--keep" in capsys.readouterr().err
