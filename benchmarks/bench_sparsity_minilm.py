@@ -22,8 +22,8 @@ from prunekit.zoo.minilm import calibration_batches
 
 NAME = "sparsity_minilm_wanda"
 COLUMNS = ["pattern", "method", "scope", "sparsity", "fidelity", "retrieval_top1", "prune_s"]
-CONFIGS = [("unstructured", "magnitude", "layer"), ("unstructured", "magnitude", "global"),
-           ("unstructured", "wanda", "layer"), ("2:4", "magnitude", "layer"), ("2:4", "wanda", "layer")]
+CONFIGS = [("unstructured", "magnitude", "local"), ("unstructured", "magnitude", "global"),
+           ("unstructured", "wanda", "local"), ("2:4", "magnitude", "local"), ("2:4", "wanda", "local")]
 
 
 def main() -> None:

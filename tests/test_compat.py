@@ -56,3 +56,11 @@ def test_every_result_object_has_a_json_able_as_dict():
     for doc in (pruned, dropped, sparse):
         json.dumps(doc)
     assert dropped["removed_paths"] == ["layers.2"] and sparse["total"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_sparsify_scope_layer_is_the_old_name_of_local():
+    a, b = _net(), _net()
+    ra = prunekit.sparsify(a, 0.5, scope="local")
+    with pytest.warns(DeprecationWarning, match="scope='layer' is deprecated"):
+        rb = prunekit.sparsify(b, 0.5, scope="layer")
+    assert ra.layers == rb.layers and rb.scope == "local"

@@ -113,7 +113,7 @@ def test_tied_weights_stay_tied(tmp_path):
 def test_sparse_kernel_layers_round_trip(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 2)).eval()
-    prunekit.sparsify(model, 0.9, pattern="block:16x16", scope="layer", ignore=["1"])
+    prunekit.sparsify(model, 0.9, pattern="block:16x16", scope="local", ignore=["1"])
     prunekit.finalize(model)
     prunekit.finalize(model, kernels="bsr")
     x = torch.randn(3, 64)

@@ -15,7 +15,7 @@ def _model():
 def test_forced_kernel_matches_dense(kernel):
     model = _model()
     pattern = "block:16x16" if kernel == "bsr" else "unstructured"
-    prunekit.sparsify(model, 0.8, pattern=pattern, scope="layer")
+    prunekit.sparsify(model, 0.8, pattern=pattern, scope="local")
     x = torch.randn(5, 7, 64)
     prunekit.finalize(model)
     ref = model(x)

@@ -33,7 +33,7 @@ def test_nm_groups_valid_or_error_without_change(widths, nm, method, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(sparsity=st.floats(0.0, 0.99), scope=st.sampled_from(["global", "layer"]), seed=st.integers(0, 1000))
+@given(sparsity=st.floats(0.0, 0.99), scope=st.sampled_from(["global", "local"]), seed=st.integers(0, 1000))
 def test_unstructured_sparsity_achieved(sparsity, scope, seed):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(20, 30), nn.Linear(30, 10), nn.Linear(10, 2))

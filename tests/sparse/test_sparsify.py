@@ -22,7 +22,7 @@ def test_default_targets_skip_output_layer(cnn, mlp):
     assert [n for n, _ in default_targets(cnn, ignore=["conv*"])] == ["fc1"]
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("scope", ["global", "local"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
 def test_achieved_sparsity(cnn, scope, sparsity):
     res = prunekit.sparsify(cnn, sparsity, scope=scope)
@@ -31,7 +31,7 @@ def test_achieved_sparsity(cnn, scope, sparsity):
     zeros = sum(int((m.weight == 0).sum()) for _, m in targets)
     assert zeros == round(sparsity * numel) if scope == "global" else abs(zeros / numel - sparsity) < 2e-3
     assert res.total == pytest.approx(zeros / numel, abs=1e-6)
-    if scope == "layer":
+    if scope == "local":
         assert all(abs(s - sparsity) < 1e-2 for s in res.layers.values())
     assert cnn.head.weight.ne(0).all()
     assert sparsity_report(cnn).layers["conv1"]["sparsity"] == res.layers["conv1"]
@@ -84,7 +84,7 @@ def test_wanda_differs_from_magnitude_when_inputs_scaled(mlp):
     twin.load_state_dict(mlp.state_dict())
     calib = torch.randn(64, 32) * torch.logspace(-2, 1, 32)
     prunekit.sparsify(mlp, 0.5, criterion="wanda", calib=calib)
-    prunekit.sparsify(twin, 0.5, criterion="magnitude", scope="layer")
+    prunekit.sparsify(twin, 0.5, criterion="magnitude", scope="local")
     assert not torch.equal(mlp[0].weight_mask, twin[0].weight_mask)
 
 
@@ -122,7 +122,7 @@ def test_nm_on_conv_groups_along_gemm_rows(cnn):
 
 
 def test_block_pattern(mlp):
-    res = prunekit.sparsify(mlp, 0.5, pattern="block:8x8", scope="layer")
+    res = prunekit.sparsify(mlp, 0.5, pattern="block:8x8", scope="local")
     assert res.total == 0.5
     w = mlp[0].weight.reshape(8, 8, 4, 8).permute(0, 2, 1, 3)
     nz = w.ne(0).flatten(2)

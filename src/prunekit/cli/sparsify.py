@@ -40,7 +40,9 @@ def register(sub) -> None:
     add_criterion(p, "--method", default="magnitude", choices=["magnitude", "wanda", "random"],
                   help="weight score: magnitude, wanda (needs calibration data) or random")
     p.add_argument("--pattern", default="unstructured", help="unstructured, N:M (e.g. 2:4) or block:HxW")
-    p.add_argument("--scope", default="global", choices=["global", "layer"])
+    p.add_argument("--scope", default="global", choices=["global", "local", "layer"],
+                   help="global: one threshold over all layers; local: each layer at --sparsity ('layer' is its "
+                        "old name)")
     p.add_argument("--ignore", nargs="*", default=[], help="module names or fnmatch patterns to leave dense")
     p.add_argument("--calib", type=int, default=256, help="calibration samples for --criterion wanda")
     p.add_argument("--kernels", default=None, choices=["auto", "csr", "bsr", "semi"],

@@ -30,7 +30,7 @@ from torch import nn
 
 from prunekit.compat import renamed
 from prunekit.errors import PruningError
-from prunekit.sparse.oneshot import SparsityResult, _check_args, sparsify
+from prunekit.sparse.oneshot import SparsityResult, _check_args, local_scope, sparsify
 from prunekit.sparse.targets import default_targets
 
 __all__ = ["cubic_sparsity", "update_steps", "GradualPruner"]
@@ -77,6 +77,7 @@ class GradualPruner:
                  pattern: str = "unstructured", calib: Any = None, ignore: Iterable[Any] = (),
                  method: str | None = None):
         method = renamed("GradualPruner", "method", "criterion", method, criterion, "magnitude")
+        scope = local_scope(scope, "GradualPruner")
         sparsity, pat = _check_args(sparsity, method, scope, pattern, calib)
         if pat.kind == "nm":
             raise PruningError("model", "GradualPruner", f"pattern {pattern!r} fixes the sparsity at "

@@ -32,7 +32,17 @@ from prunekit.sparse.targets import default_targets, input_norms, output_layer
 __all__ = ["sparsify", "SparsityResult", "METHODS", "SCOPES"]
 
 METHODS = ("magnitude", "wanda", "random")
-SCOPES = ("global", "layer")
+SCOPES = ("global", "local")
+
+
+def local_scope(scope: str, where: str) -> str:
+    """``scope``, with the old name ``"layer"`` read as ``"local"`` (the name prune uses), with a warning."""
+    if scope == "layer":
+        import warnings
+        warnings.warn(f"{where}: scope='layer' is deprecated, use scope='local' (the same meaning)",
+                      DeprecationWarning, stacklevel=3)
+        return "local"
+    return scope
 
 
 @dataclass
@@ -160,7 +170,7 @@ def sparsify(model: nn.Module, sparsity: float | None, *, criterion: str = "magn
             ``1 - N/M`` or ``None``.
         criterion: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖X‖₂, per output row; needs ``calib``) or
             ``"random"`` (``method=`` is its old name, deprecated).
-        scope: ``"global"`` (one threshold over all targets) or ``"layer"`` (each layer gets
+        scope: ``"global"`` (one threshold over all targets) or ``"local"`` (each layer gets
             ``sparsity``). Wanda always compares within each output row; N:M within each group.
         pattern: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``) or ``"block:HxW"``.
         calib: calibration inputs for wanda: a tensor, one batch in the ``example_inputs`` form, or an
@@ -181,6 +191,7 @@ def sparsify(model: nn.Module, sparsity: float | None, *, criterion: str = "magn
     {'0': 0.5}
     """
     method = renamed("sparsify", "method", "criterion", method, criterion, "magnitude")
+    scope = local_scope(scope, "sparsify")
     sparsity, pat = _check_args(sparsity, method, scope, pattern, calib)
     targets = default_targets(model, ignore)
     if not targets:
