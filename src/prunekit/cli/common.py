@@ -67,18 +67,18 @@ def _saved_input(meta: dict) -> tuple:
 
 
 def resolve_model(spec: str) -> Workload:
-    """A zoo name, ``timm:<name>`` (random weights), ``hf:<dir or hub id>`` or a plain directory holding
-    ``config.json`` (a Hugging Face sequence classifier) or a saved prunekit file (``input_size`` in its
+    """A zoo name, ``timm:<name>[@pretrained|@FILE]`` (:mod:`prunekit.cli.timm_spec`), ``hf:<dir or hub
+    id>``, a plain directory holding ``config.json`` (a Hugging Face sequence classifier) or a saved
+    prunekit file (``input_size`` in its
     metadata sets the example input; a file saved from ``hf:`` comes back with its tokenizer)."""
     if spec in NAMES:
         return load_zoo(spec)
     if spec.startswith("timm:"):
-        import timm
-        if not timm.is_model(spec[5:]):
-            near = timm.list_models(f"*{spec[5:]}*")[:5]
-            raise PruningError(spec, "load the model", "timm has no such model" + (f"; did you mean {near}?" if near
-                               else "; timm.list_models() lists the names"))
-        model = timm.create_model(spec[5:], pretrained=False).eval()
+        from prunekit.cli.timm_spec import create_timm_model, parse_timm_spec
+        model = create_timm_model(spec)
+        if parse_timm_spec(spec)[1] is None:
+            print(f"prunekit: {spec} has random weights; {spec}@pretrained loads timm's trained ones "
+                  f"({spec}@FILE from a local file)", file=sys.stderr)
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
         return Workload(spec, model, _saved_input({"input_size": size}), lambda m, limit=None: {}, "timm", "")
     if spec.startswith("hf:"):
@@ -112,7 +112,8 @@ def origin_meta(wl: Workload) -> dict:
     if wl.name in NAMES:
         meta["zoo"] = wl.name
     elif wl.name.startswith("timm:"):
-        meta["timm"] = wl.name[5:]
+        from prunekit.cli.timm_spec import parse_timm_spec
+        meta["timm"] = parse_timm_spec(wl.name)[0]
         if isinstance(wl.example_inputs, tuple) and len(wl.example_inputs) == 1:
             meta.setdefault("input_size", list(wl.example_inputs[0].shape[1:]))
     elif wl.task == "hf":
