@@ -96,3 +96,49 @@ def test_local_then_global_merging_exports_with_static_shapes(tmp_path):
     merge_dense(vit, windows=6, r=2)
     res = export_onnx(vit, (torch.randn(2, 3, 32, 32),), tmp_path / "dense.onnx")
     assert res["max_abs_diff"] <= res["tolerance"] and res["outputs"] == [[2, 3]]
+
+
+def test_structurally_pruned_vit_exports(tmp_path):
+    torch.manual_seed(0)
+    vit = VisionTransformer(**{**TINY, "embed_dim": 64, "num_heads": 4}).eval()
+    x = (torch.randn(2, 3, 32, 32),)
+    res_prune = prunekit.prune(vit, x, target_macs=0.6)
+    assert res_prune.macs_after < res_prune.macs_before
+    res = export_onnx(vit, x, tmp_path / "vit.onnx", dynamic_batch=True)
+    assert res["max_abs_diff"] <= res["tolerance"] and res["checked_batches"] == [2, 4]
+
+
+def test_time_tube_merged_video_model_exports(tmp_path):
+    from prunekit.tokens import merge_video
+    from prunekit.zoo.models import build
+    torch.manual_seed(0)
+    vivit = build("motion-vivit").eval()
+    merge_video(vivit, tubes=20, r=4)
+    res = export_onnx(vivit, (torch.randn(2, 1, 8, 56, 56),), tmp_path / "video.onnx")
+    assert res["max_abs_diff"] <= res["tolerance"] and res["outputs"] == [[2, 10]]
+
+
+def test_pruned_hugging_face_encoder_exports_with_keyword_inputs(tmp_path, capsys):
+    """MiniLM with a quarter of its heads pruned, through the CLI from a save_pretrained directory:
+    the tokenizer's dict (input_ids, token_type_ids, attention_mask) becomes the graph's inputs."""
+    from prunekit.zoo.minilm import model_path
+    pruned = tmp_path / "minilm.safetensors"
+    assert main(["--threads", "1", "prune", str(model_path()), "--ratio", "0.25", "--units", "heads", "--repeats",
+                 "1", "--out", str(pruned)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "minilm.onnx"
+    assert main(["--threads", "1", "export", str(pruned), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["max_abs_diff"] <= doc["tolerance"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert {i.name for i in session.get_inputs()} == {"input_ids", "token_type_ids", "attention_mask"}
+    heads = [m.num_attention_heads for m in prunekit.load(pruned).modules() if hasattr(m, "num_attention_heads")]
+    assert heads and sum(heads) < 12 * len(heads)  # heads really went (MiniLM: 12 per layer)
+
+
+def test_a_save_pretrained_directory_exports_as_it_is(tmp_path, capsys):
+    from prunekit.zoo.minilm import model_path
+    out = tmp_path / "dense.onnx"
+    assert main(["--threads", "1", "export", str(model_path()), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["max_abs_diff"] <= doc["tolerance"] and out.stat().st_size > 1e6
