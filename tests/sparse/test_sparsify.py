@@ -170,7 +170,7 @@ def test_wanda_calib_failure_leaves_model_unchanged(cnn, unchanged):
     with pytest.raises(RuntimeError):  # wrong input shape: the forward fails mid-calibration
         prunekit.sparsify(cnn, 0.5, criterion="wanda", calib=[torch.randn(2, 3, 8, 8)])
     assert check()
-    with pytest.raises(PruningError, match="calibration data is empty"):
+    with pytest.raises(PruningError, match="calib is empty"):
         prunekit.sparsify(cnn, 0.5, criterion="wanda", calib=[])
     assert check()
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.calib import calib_batches, split_targets
 from prunekit.errors import PruningError
 from prunekit.measure import run_model
 from prunekit.select import ignored_modules
@@ -51,22 +52,15 @@ def default_targets(model: nn.Module, ignore: Iterable[Any] = ()) -> list[tuple[
             if isinstance(m, TARGET_TYPES) and m is not head and n not in skip]
 
 
-def _batches(calib: Any) -> Iterable[Any]:
-    if isinstance(calib, (torch.Tensor, dict)):
-        return [calib]
-    if isinstance(calib, tuple) and calib and isinstance(calib[0], torch.Tensor):
-        return [calib]  # one batch of positional args
-    return calib
-
-
 @torch.no_grad()
 def input_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], calib: Any) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature of each layer over all calibration rows (Wanda's ``||X_j||_2``).
 
-    ``calib`` is a tensor, one batch in the ``example_inputs`` form, or an iterable of batches.
+    ``calib``: one batch or an iterable of batches, the one form of :mod:`prunekit.calib`.
     Conv2d inputs are reduced over batch and space per input channel. The model is run in eval mode
     and restored; hooks are removed even on error.
     """
+    batches = calib_batches(calib, "model", "compute wanda input norms")
     sums: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str, module: nn.Module):
@@ -82,18 +76,15 @@ def input_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], calib: An
     handles = [m.register_forward_pre_hook(make_hook(n, m)) for n, m in layers]
     was = model.training
     model.eval()
-    count = 0
     try:
-        for batch in _batches(calib):
-            run_model(model, batch)
-            count += 1
+        for batch in batches:
+            run_model(model, split_targets(batch)[0])
     finally:
         for h in handles:
             h.remove()
         model.train(was)
     missing = [n for n, _ in layers if n not in sums]
-    if count == 0 or missing:
-        raise PruningError(missing[0] if missing else "model", "compute wanda input norms",
-                           "the calibration data is empty" if count == 0 else
+    if missing:
+        raise PruningError(missing[0], "compute wanda input norms",
                            f"{len(missing)} target layers saw no input during calibration")
     return {n: s.sqrt() for n, s in sums.items()}

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.calib import calib_batches, split_targets
 from prunekit.compat import renamed
 from prunekit.errors import PruningError
 from prunekit.measure import count_params, run_model
@@ -257,12 +258,6 @@ def _token_mask(batch: Any) -> torch.Tensor | None:
     return None
 
 
-def _as_batches(calib: Any) -> list[Any]:
-    if isinstance(calib, (torch.Tensor, dict)):
-        return [calib]
-    return list(calib)
-
-
 def _run_with_hooks(model: nn.Module, blocks: list[tuple[str, nn.Module]], batches: list[Any],
                     influence: bool) -> tuple[list[float], list[bool]]:
     """Run ``batches``; per block return 1 - mean cos(in, out) and whether shapes always matched."""
@@ -311,6 +306,7 @@ def _run_with_hooks(model: nn.Module, blocks: list[tuple[str, nn.Module]], batch
         model.eval()
         with torch.no_grad():
             for batch in batches:
+                batch = split_targets(batch)[0]
                 state["mask"] = _token_mask(batch)
                 run_model(model, batch)
     finally:
@@ -353,7 +349,7 @@ def block_influence(model: nn.Module, calib: Any, blocks: list[str] | None = Non
                                "no block container found; pass blocks=[paths]")
         blocks = [p for p, _, _ in _block_paths(model, site)]
     modules = [(p, model.get_submodule(p)) for p in blocks]
-    scores, _ = _run_with_hooks(model, modules, _as_batches(calib), True)
+    scores, _ = _run_with_hooks(model, modules, calib_batches(calib, "model", "compute block influence"), True)
     return dict(zip(blocks, scores, strict=True))
 
 
@@ -436,9 +432,7 @@ def drop_layers(model: nn.Module, n: int | None = None, ratio: float | None = No
         if calib is None:
             raise PruningError(where, OPERATION, "importance='block_influence' needs calib= (an iterable "
                                "of input batches, e.g. [example_inputs]); or pass importance='last'")
-        batches = _as_batches(calib)
-        if not batches:
-            raise PruningError(where, OPERATION, "calib is empty; pass at least one batch")
+        batches = calib_batches(calib, where, OPERATION)
     elif not (importance == "last" or callable(importance)):
         raise PruningError(where, OPERATION, f"unknown importance {importance!r}; use 'block_influence', "
                            "'last' or a callable f(model, block_paths) -> scores")
@@ -455,7 +449,7 @@ def drop_layers(model: nn.Module, n: int | None = None, ratio: float | None = No
                 raise PruningError(where, OPERATION, "pass example_inputs= (or calib=) so blocks that "
                                    "keep their input shape (identity shortcuts) can be told from "
                                    "downsampling ones")
-            _, droppable = _calibrate(model, blocks, _as_batches(probe), False, where)
+            _, droppable = _calibrate(model, blocks, calib_batches(probe, where, OPERATION), False, where)
         if importance == "last":
             scores = [float(-i) for i in range(len(paths))]
         else:

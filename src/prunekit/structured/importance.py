@@ -127,9 +127,10 @@ def _loss(out: Any, target: Any) -> torch.Tensor:
 class Taylor(Importance):
     """First-order Taylor importance ``|w * dL/dw|`` summed over the calibration batches.
 
-    ``calib``: a callable ``calib(model) -> loss``, or an iterable of batches, each the model inputs
-    or an ``(inputs, targets)`` pair (cross-entropy); without targets the loss is the mean square of
-    the outputs (a label-free proxy).
+    ``calib``: the one form of :mod:`prunekit.calib` (one batch or an iterable of batches, each the
+    model inputs or an ``(inputs, targets)`` pair for cross-entropy), or a callable
+    ``calib(model) -> loss``; without targets the loss is the mean square of the outputs (a
+    label-free proxy).
     """
 
     name = "taylor"
@@ -138,9 +139,9 @@ class Taylor(Importance):
         self.grads: dict[str, torch.Tensor] = {}
 
     def prepare(self, model, trace, example_inputs, calib):
+        from prunekit.calib import calib_batches, split_targets
         from prunekit.measure import run_model
-        if calib is None:
-            raise ValueError("importance='taylor' needs calib= (batches of inputs, or a callable returning a loss)")
+        batches = calib_batches(calib, "model", "score channels by Taylor importance", allow_callable=True)
         params = dict(model.named_parameters())
         saved = {n: (p.grad, p.requires_grad) for n, p in params.items()}
         acc = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -149,17 +150,14 @@ class Taylor(Importance):
         try:
             for p in params.values():
                 p.requires_grad_(True)
-            batches = [calib] if callable(calib) else list(calib)
             for batch in batches:
                 for p in params.values():
                     p.grad = None
                 if callable(batch):
                     loss = batch(model)
-                elif isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
-                        and not batch[1].is_floating_point():
-                    loss = _loss(run_model(model, batch[0]), batch[1])
                 else:
-                    loss = _loss(run_model(model, batch), None)
+                    inputs, targets = split_targets(batch)
+                    loss = _loss(run_model(model, inputs), targets)
                 loss.backward()
                 for n, p in params.items():
                     if p.grad is not None:
