@@ -87,3 +87,29 @@ def test_compare_puts_runs_side_by_side(quick_run, tmp_path, capsys):
     assert "| fmnist-resnet | quick: 1. prune" in table and "| fmnist-resnet | other: 1. prune" in table
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     assert main(["compare", str(tmp_path)]) == 2  # no results.json there
+
+
+def test_run_and_compare_print_the_verbs_json_shape(quick_run, tmp_path, capsys):
+    from prunekit.cli.common import JSON_KEYS
+    capsys.readouterr()
+    assert main(["run", str(quick_run / "recipe.yaml"), "--out", str(quick_run), "--resume", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(JSON_KEYS) <= set(doc) and doc["model"] == "fmnist-resnet" and doc["method"].startswith("2.")
+    assert doc["macs"] < 0.52 * doc["dense"]["macs"] and doc["dense"]["method"] == "dense"
+    assert doc["speedup"] == pytest.approx(doc["dense"]["latency_ms"] / doc["latency_ms"], abs=2e-3)
+    assert 0 <= doc["metric"]["top1"] <= 1 and len(doc["steps"]) == 3
+    assert json.loads((quick_run / "run.json").read_text())["result"]["method"] == doc["method"]
+    assert main(["compare", str(quick_run), "--out", str(tmp_path / "cmp"), "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["method"].split(" ")[0] for r in cmp["rows"]] == ["dense", "quick:", "quick:"]
+    assert all(set(JSON_KEYS) <= set(r) for r in cmp["rows"])
+
+
+def test_dry_run_and_zoo_list_print_one_json_object(capsys):
+    recipe = next(p for p in EXAMPLES if p.name == "structured-quick.yaml")
+    assert main(["run", str(recipe), "--dry-run", "--json", "--out", "somewhere"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] and plan["commands"][0].startswith("prunekit prune fmnist-resnet")
+    assert main(["zoo", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert set(listing["models"]) >= {"fmnist-resnet", "minilm"}

@@ -207,8 +207,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     header = (f"Recipe {recipe.model}: " + " → ".join(s.verb for s in recipe.steps) + ". Each model the steps "
               "wrote is timed against the input model in 3 interleaved rounds of one run and evaluated the same way.")
     report = write_report(rows, run_dir, header)
+    from prunekit.cli.common import row_json
     summary = {"model": recipe.model, "steps": [{"command": d.get("command"), "json": str(Path(o).with_suffix(".json"))}
-                                                 for d, o in zip(results, outs, strict=True)], "report": str(report)}
+                                                 for d, o in zip(results, outs, strict=True)], "report": str(report),
+               "result": {**row_json(rows[-1], rows[0]), "model": recipe.model}}
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -11,7 +11,8 @@ from prunekit.errors import PruningError
 from prunekit.zoo import NAMES, Workload
 from prunekit.zoo import load as load_zoo
 
-__all__ = ["resolve_model", "print_result", "compare", "measured", "add_measure_args", "origin_meta", "JSON_KEYS"]
+__all__ = ["resolve_model", "print_result", "compare", "measured", "add_measure_args", "origin_meta", "JSON_KEYS",
+           "row_json"]
 
 
 def add_measure_args(p) -> None:
@@ -158,6 +159,29 @@ def measured(wl: Workload, dense_model, before: dict, method: str, evaluate, arg
                             throughput_batch=args.throughput_batch)
     before = {**before, "model": wl.name}
     return {"model": wl.name, **compare(before, after, method, timing)}
+
+
+def row_json(row: dict, dense: dict | None = None) -> dict:
+    """A report row (``prunekit run`` / ``demo`` / ``compare``: one model timed against its dense model in
+    one run) in the ``--json`` shape of every verb: ``model``, ``method``, ``params``, ``macs``,
+    ``latency_ms``, ``throughput``, ``speedup``, ``metric`` and, given the dense row, ``dense``.
+
+    >>> r = {"model": "m", "method": "prune", "params": 5, "macs": 9, "latency_ms": 2.0, "throughput": 50.0,
+    ...      "speedup": 1.5, "metric_name": "top1", "metric": 0.9}
+    >>> row_json(r)["metric"], sorted(set(JSON_KEYS) - set(row_json(r)))
+    ({'top1': 0.9}, ['dense'])
+    """
+    metric = {row["metric_name"]: row["metric"]} if row.get("metric") is not None and row.get("metric_name") else {}
+    out = {"model": row["model"], "method": row["method"], "params": row["params"], "macs": row["macs"],
+           "latency_ms": row.get("latency_ms"), "throughput": row.get("throughput"), "speedup": row.get("speedup"),
+           "metric": metric, "throughput_speedup": row.get("throughput_speedup"),
+           "batch_size": row.get("batch_size"), "throughput_batch": row.get("throughput_batch")}
+    if dense is not None:
+        d = row_json(dense)
+        d.update(latency_ms=row.get("dense_latency_ms", d["latency_ms"]),
+                 throughput=row.get("dense_throughput", d["throughput"]), speedup=1.0)
+        out["dense"] = d
+    return out
 
 
 def _fmt(value: Any) -> str:

@@ -14,6 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("compare", help="compare runs (prunekit run / demo directories): one table, one plot")
     p.add_argument("runs", nargs="+", help="run directories, each holding results.json")
     p.add_argument("--out", default="compare", help="directory for compare.md and compare.png")
+    p.add_argument("--json", action="store_true", help="print one JSON object: every row in the keys every verb "
+                   "prints, each against its model's dense row")
     p.set_defaults(func=run)
 
 
@@ -47,6 +49,17 @@ def run(args) -> int:
     table = markdown_table(rows)
     (out / "compare.md").write_text(f"# prunekit compare\n\nRuns: {', '.join(args.runs)}\n\n{table}\n\n"
                                     f"![compare]({plot.name})\n")
+    if args.json:
+        print(json.dumps(rows_json(rows, {"runs": args.runs, "table": str(out / "compare.md"), "plot": str(plot)}),
+                         sort_keys=True))
+        return 0
     print(table)
     print(f"\nwritten: {out / 'compare.md'}, {plot}")
     return 0
+
+
+def rows_json(rows: list[dict], extra: dict) -> dict:
+    """``{"rows": [...], **extra}``: each row in the ``--json`` shape, with its model's dense row as ``dense``."""
+    from prunekit.cli.common import row_json
+    dense = {r["model"]: r for r in rows if r.get("method") == "dense"}
+    return {**extra, "rows": [row_json(r, dense.get(r["model"])) for r in rows]}

@@ -10,7 +10,9 @@ from prunekit.zoo import NAMES, read_manifest
 def register(sub) -> None:
     p = sub.add_parser("zoo", help="list or train the reference models")
     zsub = p.add_subparsers(dest="zoo_command", required=True)
-    zsub.add_parser("list", help="models and their recorded metrics").set_defaults(func=run_list)
+    ls = zsub.add_parser("list", help="models and their recorded metrics")
+    ls.add_argument("--json", action="store_true", help="print one JSON object: model -> recorded metric")
+    ls.set_defaults(func=run_list)
     t = zsub.add_parser("train", help="train NAME on the CPU and write its checkpoint + manifest entry")
     t.add_argument("name", choices=[n for n in NAMES if n != "minilm"])
     t.add_argument("--seed", type=int, default=0)
@@ -50,9 +52,12 @@ def _flag(key: str, value) -> str:
 
 def run_list(args) -> int:
     manifest = read_manifest()
-    for name in NAMES:
-        entry = manifest.get(name, {})
-        print(f"{name:15} {json.dumps(entry.get('metric', {'reference': 'pretrained weights'}))}")
+    metrics = {name: manifest.get(name, {}).get("metric", {"reference": "pretrained weights"}) for name in NAMES}
+    if getattr(args, "json", False):
+        print(json.dumps({"models": metrics}, sort_keys=True))
+        return 0
+    for name, metric in metrics.items():
+        print(f"{name:15} {json.dumps(metric)}")
     return 0
 
 
