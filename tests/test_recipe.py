@@ -9,7 +9,7 @@ from prunekit.cli import main
 from prunekit.recipe import load_recipe, load_recipe_text
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "recipes").glob("*.yaml"))
-FAMILIES = {"prune", "sparsify", "drop-layers", "merge", "finetune", "export"}
+FAMILIES = {"prune", "sparsify", "drop-layers", "merge", "tokens-dynamic", "finetune", "export"}
 
 
 def test_there_is_an_example_for_every_verb_and_each_one_plans(capsys):
@@ -31,6 +31,7 @@ def test_there_is_an_example_for_every_verb_and_each_one_plans(capsys):
     ("model: fmnist-vit\nstep:\n  - merge: {r: 2}\n", "unknown key 'step'"),
     ("model: fmnist-vit\nmeasure: {limt: 3}\nsteps:\n  - merge: {r: 2}\n", "measure: unknown key 'limt'"),
     ("model: [\n", "not valid YAML"),
+    ("model: fmnist-vit\nsteps:\n  - tokens-dynamic: {keep: 0.7}\n", "tokens-dynamic: fit_epochs is required"),
 ])
 def test_a_bad_recipe_is_one_line_naming_the_key_and_nothing_runs(text, message, tmp_path, capsys):
     from prunekit.errors import PruningError

@@ -1,8 +1,9 @@
 """Recipes: a YAML file that chains prunekit verbs, run into one directory with a JSON per step and a report.
 
 A recipe names the model and a list of steps; each step is one verb (``prune``, ``sparsify``,
-``drop-layers``, ``merge``, ``finetune``, ``export``) with that verb's command-line options as keys
-(``target_macs: 0.5`` is ``--target-macs 0.5``, ``distill: true`` is ``--distill``). Each step reads
+``drop-layers``, ``merge``, ``tokens-dynamic`` (``prunekit tokens dynamic``), ``finetune``,
+``export``) with that verb's command-line options as keys (``target_macs: 0.5`` is
+``--target-macs 0.5``, ``distill: true`` is ``--distill``). Each step reads
 the model the step before wrote, so a recipe is exactly the chain of commands ``--dry-run`` prints.
 ``teacher: dense`` (finetune) distils from the recipe's input model. ``measure`` sets ``limit``,
 ``repeats`` and ``throughput_batch`` for every step that measures.
@@ -36,17 +37,25 @@ from prunekit.errors import PruningError
 
 __all__ = ["Recipe", "load_recipe", "load_recipe_text", "run_recipe", "VERBS"]
 
-VERBS = ("prune", "sparsify", "drop-layers", "merge", "finetune", "export")
+VERBS = ("prune", "sparsify", "drop-layers", "merge", "tokens-dynamic", "finetune", "export")
+# recipe verbs that are a subcommand of a command-line verb: tokens-dynamic is `prunekit tokens dynamic`
+_NESTED = {"tokens-dynamic": ("tokens", "dynamic")}
 # options the runner sets itself: the model (positional), where each step writes, the JSON output
 _MANAGED = {"model", "out", "json", "func", "checkpoint_dir", "resume"}
 _MEASURE = ("limit", "repeats", "throughput_batch")
-_FAMILY = {"prune": "structured", "sparsify": "sparsity", "drop-layers": "drop blocks", "merge": "ToMe"}
+_FAMILY = {"prune": "structured", "sparsify": "sparsity", "drop-layers": "drop blocks", "merge": "ToMe",
+           "tokens-dynamic": "token pruning"}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
     from prunekit.cli import build_parser
-    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    def sub(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+    parsers = sub(build_parser())
+    for verb, (top, name) in _NESTED.items():
+        parsers[verb] = sub(parsers[top])[name]
+    return parsers
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -96,7 +105,7 @@ class Recipe:
         cmds, current = [], self.model
         for step, out in zip(self.steps, self.outputs(run_dir), strict=True):
             opts = _options(parsers[step.verb])
-            argv = ["prunekit", step.verb, current]
+            argv = ["prunekit", *_NESTED.get(step.verb, (step.verb,)), current]
             merged = {**step.options, **{k: v for k, v in self.measure.items() if k in opts and k not in step.options}}
             for dest, value in merged.items():
                 if value is None or value is False:
@@ -155,6 +164,9 @@ def load_recipe_text(text: str, where: str = "recipe") -> Recipe:
             msg = (f"unknown key {key!r}; known: {sorted(_options(parsers[verb]))}" if err["type"] == "extra_forbidden"
                    else f"{key}: {err['msg']}")
             _fail(where, f"steps[{i}].{verb}: {msg}")
+        missing = [d for d, a in _options(parsers[verb]).items() if a.required and d not in clean]
+        if missing:
+            _fail(where, f"steps[{i}].{verb}: {missing[0]} is required (e.g. {missing[0]}: 1)")
         checked.append(Step(verb, {k: options[k] if k in options else v for k, v in clean.items()}))
     return Recipe(doc["model"], checked, measure, text)
 
