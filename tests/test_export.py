@@ -50,6 +50,10 @@ def test_token_merged_vit_exports_with_its_fixed_token_counts(tmp_path):
     merge(vit, r=4)
     res = export_onnx(vit, (torch.randn(2, 3, 32, 32),), tmp_path / "tome.onnx")
     assert res["max_abs_diff"] <= res["tolerance"] and res["outputs"] == [[2, 3]]
+    from prunekit.tokens import evit
+    evit(vit, r=4)   # EViT: top-k gather plus the fused token
+    res = export_onnx(vit, (torch.randn(2, 3, 32, 32),), tmp_path / "evit.onnx")
+    assert res["max_abs_diff"] <= res["tolerance"] and res["outputs"] == [[2, 3]]
 
 
 def test_dynamic_vit_and_a_finalized_sparse_model_export(tmp_path):

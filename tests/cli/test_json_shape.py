@@ -74,3 +74,16 @@ def test_local_merges_round_trip_through_merge_out(how, tmp_path, capsys):
     assert back.prunekit_meta["merge"][how[0][2:]] == int(how[1])
     with torch.no_grad():
         assert doc["macs"] == prunekit.measure.count_macs(back, x)  # it merges as it did before the save
+
+
+def test_merge_reducer_evit_saves_and_reloads_the_same_token_counts(tmp_path, capsys):
+    out = tmp_path / "evit.safetensors"
+    assert main(["merge", "fmnist-vit", "--r", "8", "--reducer", "evit", "--out", str(out), *MEASURE]) == 0
+    doc = _doc(capsys)
+    assert doc["tome"]["reducer"] == "evit" and doc["tome"]["prop_attn"] is False
+    assert doc["tome"]["tokens_per_layer"] == [197 - 8 * (i + 1) for i in range(12)]
+    back = prunekit.load(out)
+    x = prunekit.zoo.load("fmnist-vit").example_inputs
+    assert doc["macs"] == prunekit.measure.count_macs(back, x)
+    assert main(["merge", "fmnist-vit", "--r", "8", "--reducer", "drop", "--tubes", "3"]) == 2
+    assert "use them with --reducer merge" in capsys.readouterr().err

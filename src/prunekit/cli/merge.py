@@ -35,6 +35,9 @@ def register(sub) -> None:
                        help="first merge the W most alike 2x2 windows of patch tokens (segmentation, detection)")
     local.add_argument("--tubes", type=int, metavar="T",
                        help="first merge the T most alike time tubes of a video model's tokens (static background)")
+    p.add_argument("--reducer", choices=("merge", "evit", "drop"), default="merge",
+                   help="merge: ToMe (default); evit: keep the most attended tokens and fuse the rest into one "
+                   "(EViT); drop: keep the most attended tokens only")
     p.add_argument("--no-prop-attn", action="store_true", help="disable proportional attention")
     p.add_argument("--out", default=None, help="save the merged model here (.safetensors); load re-applies the merge")
     add_measure_args(p)
@@ -47,6 +50,9 @@ def run(args) -> int:
     check_range("--r", args.r, 0, float("inf"), command="merge")
     check_range("--target-macs", args.target_macs, 0, 1, lo_open=True, command="merge")
     check_out(args.out, "merge")
+    if args.reducer != "merge" and (args.windows is not None or args.tubes is not None):
+        raise PruningError(f"--reducer {args.reducer}", "merge", "--windows and --tubes merge alike neighbours; "
+                           "use them with --reducer merge")
     wl = resolve_model(args.model)
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
     kwargs = dict(r=args.r if args.r is not None else 0, prop_attn=not args.no_prop_attn,
@@ -55,8 +61,11 @@ def run(args) -> int:
         apply = lambda m: merge_dense(m, windows=args.windows, **kwargs)
     elif args.tubes is not None:
         apply = lambda m: merge_video(m, tubes=args.tubes, **kwargs)
-    else:
+    elif args.reducer == "merge":
         apply = lambda m: merge(m, **kwargs)
+    else:   # EViT and top-k drop run without proportional attention, as in their papers
+        reducer = "fuse" if args.reducer == "evit" else "drop"
+        apply = lambda m: merge(m, **{**kwargs, "prop_attn": False}, reducer=reducer)
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
     dense_model = copy.deepcopy(wl.model)
     try:
@@ -67,7 +76,8 @@ def run(args) -> int:
     result = measured(wl, dense_model, dense, "merge", evaluate, args)
     schedule = schedule_of(wl.model)
     result["tome"] = {"r": getattr(schedule, "r", None), "schedule": repr(schedule),
-                      "prop_attn": not args.no_prop_attn, "target_macs": args.target_macs,
+                      "prop_attn": not args.no_prop_attn and args.reducer == "merge", "reducer": args.reducer,
+                      "target_macs": args.target_macs,
                       "windows": args.windows, "tubes": args.tubes}
     info = last_info(wl.model)  # what the last measured forward really merged, layer by layer
     if info is not None:

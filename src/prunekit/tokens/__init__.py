@@ -1,6 +1,7 @@
 """Token reduction inside transformers: token merging (ToMe), local-then-global merging for dense
 prediction (:func:`merge_dense`), time-tube merging for video (:func:`merge_video`), learned token
-pruning (:class:`DynamicViT`, trained with :func:`prunekit.train.fit_dynamic`), and a top-k token-drop reference.
+pruning (:class:`DynamicViT`, trained with :func:`prunekit.train.fit_dynamic`), EViT (:func:`evit`: keep the
+most attended tokens, fuse the rest into one) and a top-k token-drop reference.
 
 Token merging after Bolya et al., "Token Merging: Your ViT but Faster", ICLR 2023: similar tokens are
 merged in every layer, training-free, so later layers see fewer tokens.
@@ -26,12 +27,12 @@ from prunekit.tokens.matching import (
                                       unmerge,
 )
 from prunekit.tokens.merge import MergeConfig, TokenInfo, is_patched, last_info, merge, schedule_of, unpatch
-from prunekit.tokens.prune import drop
+from prunekit.tokens.prune import drop, evit
 from prunekit.tokens.schedule import Constant, Linear, PerLayer, Proportion, Schedule, decreasing, max_r, token_counts
 from prunekit.tokens.video import merge_video
 
 __all__ = ["merge", "merge_dense", "merge_video", "LocalMerge", "DynamicViT",
-           "unpatch", "unmerge", "drop", "is_patched", "last_info", "schedule_of", "MergeConfig",
+           "unpatch", "unmerge", "drop", "evit", "is_patched", "last_info", "schedule_of", "MergeConfig",
            "TokenInfo", "Matching", "bipartite_soft_matching", "merge_wavg", "merge_positions",
            "source_matrix", "Schedule", "Constant", "Linear", "PerLayer", "Proportion", "decreasing", "max_r",
            "token_counts"]

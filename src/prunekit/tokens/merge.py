@@ -43,7 +43,7 @@ from prunekit.errors import PruningError
 from prunekit.tokens.adapters import ADAPTERS, Adapter, Target
 from prunekit.tokens.groups import LocalMerge, group_layout, group_matching, window_groups
 from prunekit.tokens.matching import attention_bias, bipartite_soft_matching, merge_positions, merge_wavg, unmerge
-from prunekit.tokens.prune import class_attention, keep_tokens, topk_keep
+from prunekit.tokens.prune import class_attention, fuse_inattentive, keep_tokens, topk_keep
 from prunekit.tokens.schedule import Constant, PerLayer, RSpec, Schedule, as_schedule, solve_for_macs
 
 __all__ = ["merge", "unpatch", "is_patched", "last_info", "schedule_of", "MergeConfig", "TokenInfo",
@@ -57,7 +57,7 @@ class MergeConfig:
     schedule: Schedule
     prop_attn: bool = True
     trace_source: bool = False
-    reducer: str = "merge"  # "merge" (ToMe) or "drop" (top-k by class attention, a reference)
+    reducer: str = "merge"  # "merge" (ToMe), "drop" (top-k by class attention) or "fuse" (EViT)
     local: LocalMerge | None = None  # a local stage (windows / tubes) before the global merging
 
 
@@ -129,6 +129,14 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
                 x, size = merge_wavg(match, x, size)
                 if track:
                     positions = merge_positions(match, positions, n, B, x.device)
+            elif config.reducer == "fuse":
+                scores = class_attention(q, k, bias)
+                keep = topk_keep(scores, r + 1, p)   # r + 1 inattentive tokens become one: r fewer
+                if size is None and (track or config.prop_attn):   # the fused token stands for several
+                    size = x.new_ones(B, n, 1)
+                x, size = fuse_inattentive(x, size, scores, keep)
+                if track:
+                    positions = _drop_positions(keep, positions, n, B, x.device, fill=keep.shape[1])
             else:
                 keep = topk_keep(class_attention(q, k, bias), r, p)
                 x = keep_tokens(x, keep)
@@ -148,8 +156,10 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
 
 
 def _drop_positions(keep: torch.Tensor, positions: torch.Tensor | None, n: int, batch: int,
-                    device: torch.device) -> torch.Tensor:
-    layer_map = torch.full((batch, n), -1, dtype=torch.long, device=device)
+                    device: torch.device, fill: int = -1) -> torch.Tensor:
+    """Where each original token is after keeping ``keep``: the others go to ``fill`` (-1: dropped; EViT:
+    the index of the fused token)."""
+    layer_map = torch.full((batch, n), fill, dtype=torch.long, device=device)
     layer_map.scatter_(1, keep, torch.arange(keep.shape[1], device=device).expand_as(keep))
     if positions is None:
         return layer_map
@@ -263,8 +273,8 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     torch.Size([2, 10, 32])
     >>> _ = unpatch(enc)
     """
-    if reducer not in ("merge", "drop"):
-        raise ValueError(f"reducer must be 'merge' or 'drop', got {reducer!r}")
+    if reducer not in ("merge", "drop", "fuse"):
+        raise ValueError(f"reducer must be 'merge', 'drop' or 'fuse', got {reducer!r}")
     if local is not None and reducer != "merge":
         raise ValueError("a local merging stage needs reducer='merge'")
     if local is not None and not isinstance(local, LocalMerge):

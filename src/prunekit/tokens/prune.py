@@ -1,11 +1,16 @@
-"""Plain top-k token dropping by class-token attention: the training-free reference that token merging
-is measured against.
+"""Token pruning by class-token attention: top-k dropping and EViT's fusion of the inattentive tokens.
 
-EViT-style inattentive-token removal without fusion (Liang et al., "Not All Patches are What You
-Need", ICLR 2022), as used for comparison in ToMe (Bolya et al., ICLR 2023): after the attention of
-a layer, keep the prefix tokens and the ``N - r`` patch tokens the class token attends to most
-(averaged over heads); the others are discarded. :func:`drop` patches a model like
-:func:`prunekit.tokens.merge` and is undone by :func:`prunekit.tokens.unpatch`.
+EViT (Liang et al., "Not All Patches are What You Need", ICLR 2022): after the attention of a layer,
+keep the prefix tokens and the patch tokens the class token attends to most (averaged over heads).
+
+- :func:`drop` discards the others (the reference ToMe compares with, Bolya et al., ICLR 2023);
+- :func:`evit` fuses them into one token, their average weighted by the class attention, so their
+  information is kept in a single token. To remove ``r`` tokens it keeps ``N - r - 1`` and fuses
+  ``r + 1``, so both meet the same token counts as ToMe at the same ``r``.
+
+Both patch a model like :func:`prunekit.tokens.merge` (training-free, or fine-tuned through the
+patched model: the kept tokens and the fused one carry gradients) and are undone by
+:func:`prunekit.tokens.unpatch`.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from torch import nn
 
 from prunekit.tokens.schedule import RSpec
 
-__all__ = ["drop", "class_attention", "topk_keep", "keep_tokens"]
+__all__ = ["drop", "evit", "class_attention", "topk_keep", "keep_tokens", "fuse_inattentive"]
 
 
 def class_attention(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,6 +53,52 @@ def topk_keep(scores: torch.Tensor, r: int, num_protected: int = 1) -> torch.Ten
 def keep_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Gather tokens ``keep`` ``(B, K)`` of ``x`` ``(B, N, C)``."""
     return x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def fuse_inattentive(x: torch.Tensor, size: torch.Tensor | None, scores: torch.Tensor, keep: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """EViT's fusion: tokens ``keep`` ``(B, K)`` of ``x`` ``(B, N, C)`` followed by one token, the average of
+    all the others weighted by ``scores`` ``(B, N)`` (class attention). ``size`` ``(B, N, 1)`` (tokens
+    each one stands for) is gathered the same way and summed into the fused token's.
+
+    >>> import torch
+    >>> x = torch.arange(5.).view(1, 5, 1)
+    >>> out, _ = fuse_inattentive(x, None, torch.tensor([[.5, .1, .1, .2, .1]]), torch.tensor([[0, 3]]))
+    >>> out.flatten().tolist()   # tokens 0 and 3, then (0.1*1 + 0.1*2 + 0.1*4) / 0.3
+    [0.0, 3.0, 2.3333332538604736]
+    """
+    rest = torch.ones_like(scores).scatter_(1, keep, 0.0)
+    w = scores * rest
+    if size is not None:
+        w = w * (size[..., 0] > 0)   # padding never enters the fused token
+    total = w.sum(1, keepdim=True)
+    fused = (w[..., None] * x).sum(1, keepdim=True) / total.clamp_min(torch.finfo(x.dtype).tiny)[..., None]
+    out = torch.cat([keep_tokens(x, keep), fused], dim=1)
+    if size is None:
+        return out, None
+    fused_size = (size * rest[..., None]).sum(1, keepdim=True)
+    return out, torch.cat([keep_tokens(size, keep), fused_size], dim=1)
+
+
+def evit(model: nn.Module, r: RSpec = 0, *, trace_source: bool = False, prop_attn: bool = False,
+         target_macs: float | None = None, example_inputs=None) -> nn.Module:
+    """Patch ``model`` in place for EViT: after each layer's attention keep the most attended patch tokens
+    and fuse ``r + 1`` inattentive ones into one (``r`` fewer tokens per layer, as ToMe's ``r``).
+
+    ``r`` takes what :func:`prunekit.tokens.merge` takes (an int, a list per layer, a schedule) or
+    ``target_macs``. ``prop_attn``: weight attention by the number of tokens the fused one stands for
+    (off, as in the paper). Supported models and undo: as :func:`prunekit.tokens.merge`.
+
+    >>> import timm, torch
+    >>> from prunekit.tokens import last_info
+    >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=3).eval()
+    >>> logits = evit(vit, r=[4, 2, 0], trace_source=True)(torch.randn(1, 3, 64, 64))
+    >>> last_info(vit).tokens, last_info(vit).size.sum().item()   # 17 tokens, 3 of them fused into 1, ...
+    ([13, 11, 11], 17.0)
+    """
+    from prunekit.tokens.merge import merge
+    return merge(model, r, prop_attn=prop_attn, trace_source=trace_source, reducer="fuse", target_macs=target_macs,
+                 example_inputs=example_inputs)
 
 
 def drop(model: nn.Module, r: RSpec = 0, *, trace_source: bool = False) -> nn.Module:
