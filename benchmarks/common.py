@@ -24,13 +24,14 @@ def machine() -> dict:
 
 
 def write_result(name: str, title: str, columns: list[str], rows: list[list], notes: str = "",
-                 setup: dict | None = None, raw: dict | None = None) -> Path:
-    """Write one benchmark's JSON; ``rows`` hold plain numbers/strings in ``columns`` order."""
+                 setup: dict | None = None, raw: dict | None = None, figure: str | None = None) -> Path:
+    """Write one benchmark's JSON; ``rows`` hold plain numbers/strings in ``columns`` order. ``figure``: a
+    file the script wrote beside the JSON (a PNG), shown under the table in the README."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     doc = {"title": title, "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
            "setup": {**machine(), **(setup or {})}, "table": {"columns": columns, "rows": rows},
-           "notes": notes, "raw": raw or {}}
+           "notes": notes, "raw": raw or {}, **({"figure": figure} if figure else {})}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
     return path

@@ -31,6 +31,8 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
         parts += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
         if doc.get("notes"):
             parts.append(f"\n{doc['notes']}")
+        if doc.get("figure"):
+            parts.append(f"\n![{doc['title']}](benchmarks/results/{doc['figure']})")
         parts.append("")
     return "\n".join(parts) if parts else "_No benchmark results yet._\n"
 
