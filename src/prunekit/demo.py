@@ -27,12 +27,12 @@ from prunekit.measure import (
     paired_timings,
 )
 from prunekit.report import write_report
-from prunekit.zoo import NAMES, Workload, load, read_manifest
+from prunekit.zoo import ENTRIES, NAMES, Workload, load, read_manifest
 
 __all__ = ["Step", "STEPS", "run_demo", "vision_calib"]
 
-# samples per model for the task metric in the demo (the benchmarks use the full splits)
-LIMITS = {"fmnist-resnet": 2000, "fmnist-vit": 1000, "mosaic-segvit": 300, "motion-vivit": 300, "minilm": 300}
+# samples per model for the task metric in the demo (the benchmarks use the full splits): each ZooEntry's demo_limit
+LIMITS = {name: e.demo_limit for name, e in ENTRIES.items()}
 
 
 def vision_calib(n: int = 256, batch: int = 64) -> list[tuple[torch.Tensor]]:

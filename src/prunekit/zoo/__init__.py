@@ -1,9 +1,14 @@
-"""Reference models trained by prunekit's own recipes, with checkpoints shipped in the package."""
+"""Reference models trained by prunekit's own recipes, with checkpoints shipped in the package.
+
+Each model is one :class:`ZooEntry` (``entry(name)``; all of them in ``ENTRIES``).
+"""
+from prunekit.zoo.entries import ENTRIES, ZooEntry, entry
 from prunekit.zoo.models import build
 from prunekit.zoo.registry import NAMES, TASKS, Workload, evaluate_model, load
 from prunekit.zoo.store import read_manifest
 
-__all__ = ["NAMES", "TASKS", "Workload", "build", "evaluate_model", "load", "read_manifest", "train"]
+__all__ = ["ENTRIES", "NAMES", "TASKS", "Workload", "ZooEntry", "build", "entry", "evaluate_model", "load",
+           "read_manifest", "train"]
 
 
 def train(name: str, **kwargs) -> dict:

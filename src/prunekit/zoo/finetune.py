@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from prunekit.errors import PruningError
+from prunekit.zoo.entries import ENTRIES
 
 __all__ = ["finetune", "finetune_steps", "fmnist_batches", "FINETUNE_LR"]
 
-FINETUNE_LR = {"fmnist-resnet": 1e-3, "fmnist-vit": 3e-4}
+# the zoo models with a built-in fine-tune, and its lr (a view of their ZooEntry's finetune_lr)
+FINETUNE_LR = {name: e.finetune_lr for name, e in ENTRIES.items() if e.finetune_lr is not None}
 
 
 def fmnist_batches(batch: int = 128, samples: int | None = None, augment: bool = True):
@@ -55,7 +57,7 @@ def finetune(model: nn.Module, workload_name: str, epochs: float = 1.0, lr: floa
         + ([OnStep(on_step)] if on_step is not None else [])
     lr = lr or FINETUNE_LR[workload_name]
     res = fit(model, data, epochs=epochs, lr=lr, steps_per_epoch=spe, seed=seed, batch=batch,
-              weight_decay=5e-4 if "resnet" in workload_name else 0.05, label_smoothing=0.1,
+              weight_decay=ENTRIES[workload_name].finetune_weight_decay, label_smoothing=0.1,
               desc=f"fine-tune {workload_name}", teacher=teacher.eval() if teacher is not None else None,
               callbacks=cbs, **train_kw)
     model.eval()

@@ -23,13 +23,15 @@ from torch import nn
 
 from prunekit.data import load_corpus
 from prunekit.measure import embedding_fidelity
-from prunekit.zoo.registry import Workload
+from prunekit.zoo.entries import entry
+from prunekit.zoo.registry import Workload, evaluate_model
 
 __all__ = ["HUB_ID", "model_path", "load_minilm", "load_tokenizer", "embed", "mean_pool",
-           "eval_sentences", "calib_sentences", "calibration_batches", "tokenize"]
+           "eval_sentences", "calib_sentences", "calibration_batches", "tokenize", "score", "evaluate"]
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EVAL_SENTENCES = 1000   # corpus[:1000] is the eval set
+EVAL_SENTENCES = entry("minilm").eval_samples   # corpus[:1000] is the eval set
+EMBED_BATCH = 64
 CALIB_START = 2000      # corpus[2000:] is for calibration, disjoint from the eval set
 MAX_LENGTH = 128
 
@@ -69,7 +71,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, sentences: list[str], batch: int = 64) -> torch.Tensor:
+def embed(model: nn.Module, sentences: list[str], batch: int = EMBED_BATCH) -> torch.Tensor:
     """L2-normalised sentence embeddings ``(len(sentences), D)``."""
     was = model.training
     model.eval()
@@ -87,8 +89,9 @@ def embed(model: nn.Module, sentences: list[str], batch: int = 64) -> torch.Tens
     return torch.cat(out)
 
 
-def eval_sentences(limit: int | None = None) -> list[str]:
-    return load_corpus()[: min(limit or EVAL_SENTENCES, EVAL_SENTENCES)]
+def eval_sentences(limit: int | None = None, n: int = EVAL_SENTENCES) -> list[str]:
+    """The first ``limit`` (all without) of the ``n`` eval sentences, ``corpus[:n]``."""
+    return load_corpus()[: min(limit or n, n)]
 
 
 def calib_sentences(n: int = 256) -> list[str]:
@@ -101,15 +104,30 @@ def calibration_batches(n: int = 256, batch: int = 32) -> list[dict]:
     return [tokenize(s[i:i + batch]) for i in range(0, len(s), batch)]
 
 
-@lru_cache(maxsize=1)
-def _reference() -> torch.Tensor:
-    return embed(_load_model(), eval_sentences())
+@lru_cache(maxsize=4)
+def _reference_batches(n: int) -> torch.Tensor:
+    return embed(_load_model(), eval_sentences(n))
+
+
+def _reference(n: int) -> torch.Tensor:
+    """The dense model's embeddings of the first ``n`` eval sentences.
+
+    Embedded in whole batches of :data:`EMBED_BATCH` from the start, the batches the whole eval set
+    would be embedded in (padding is per batch), so these rows are the whole set's rows, at the cost
+    of ``n`` rounded up to a batch.
+    """
+    whole = min(-(-n // EMBED_BATCH) * EMBED_BATCH, EVAL_SENTENCES)
+    return _reference_batches(whole)[:n]
+
+
+def score(model: nn.Module, sentences: list[str]) -> dict:
+    """Fidelity of ``model``'s embeddings of the first eval ``sentences`` to the dense model's."""
+    return embedding_fidelity(embed(model, sentences), _reference(len(sentences)))
 
 
 def evaluate(model: nn.Module, limit: int | None = None) -> dict:
     """Fidelity of ``model``'s embeddings to the dense model's on the first ``limit`` eval sentences."""
-    sentences = eval_sentences(limit)
-    return embedding_fidelity(embed(model, sentences), _reference()[: len(sentences)])
+    return evaluate_model("minilm", model, limit)
 
 
 def load_minilm() -> Workload:

@@ -16,6 +16,8 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from prunekit.zoo.entries import ENTRIES, ZooLookupError, entry
+
 __all__ = ["ResNetFM", "PixelRefine", "SegViT", "TubeletEmbed", "vit", "build", "BUILDERS"]
 
 
@@ -171,16 +173,14 @@ def build_vivit() -> VisionTransformer:
     return vit(56, 8, 64, 8, 4, 10, embed_layer=TubeletEmbed)
 
 
-BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "fmnist-resnet": build_resnet,
-    "fmnist-vit": build_vit,
-    "mosaic-segvit": build_segvit,
-    "motion-vivit": build_vivit,
-}
+# the builder of each zoo model that has one (a view of its ZooEntry; minilm has published weights instead)
+BUILDERS: dict[str, Callable[[], nn.Module]] = {name: e.builder for name, e in ENTRIES.items() if e.builder}
 
 
 def build(name: str) -> nn.Module:
-    """A freshly initialised model of zoo architecture ``name``."""
-    if name not in BUILDERS:
-        raise KeyError(f"unknown zoo model {name!r}; choose one of {sorted(BUILDERS)}")
-    return BUILDERS[name]()
+    """A freshly initialised model of zoo architecture ``name`` (its :class:`~prunekit.zoo.ZooEntry`'s builder)."""
+    e = entry(name)
+    if e.builder is None:
+        raise ZooLookupError(name, "build the zoo model", f"it has published weights only; load it with "
+                           f"prunekit.zoo.load({name!r}) (built here: {', '.join(BUILDERS)})")
+    return e.builder()

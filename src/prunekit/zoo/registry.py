@@ -1,5 +1,8 @@
 """``prunekit.zoo.load(name)``: a reference model, example inputs and its task metric, ready to use.
 
+What each model is, and where its data come from, is its :class:`~prunekit.zoo.ZooEntry`
+(:data:`prunekit.zoo.entries.ENTRIES`); ``TASKS``, ``NAMES`` and ``EVAL_SAMPLES`` are views of it.
+
 >>> wl = load("fmnist-resnet")          # doctest: +SKIP
 >>> wl.model(*wl.example_inputs).shape   # doctest: +SKIP
 torch.Size([8, 10])
@@ -15,16 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normalize
-from prunekit.zoo import models
+from prunekit.data import normalize
+from prunekit.zoo.entries import ENTRIES, entry
 from prunekit.zoo.store import load_state, read_manifest
 
-__all__ = ["Workload", "load", "evaluate_model", "miou_of", "boundary_band", "boundary_miou", "NAMES", "TASKS"]
+__all__ = ["Workload", "load", "evaluate_model", "example_inputs", "score_top1", "score_miou", "miou_of",
+           "boundary_band", "boundary_miou", "NAMES", "TASKS", "EVAL_SAMPLES"]
 
-TASKS = {"fmnist-resnet": "classification", "fmnist-vit": "classification",
-         "mosaic-segvit": "segmentation", "motion-vivit": "video", "minilm": "sentence-embedding"}
-NAMES = tuple(TASKS)
-EVAL_SAMPLES = {"mosaic-segvit": 2000, "motion-vivit": 2000}  # size of the generated eval splits
+TASKS = {name: e.task for name, e in ENTRIES.items()}
+NAMES = tuple(ENTRIES)
+EVAL_SAMPLES = {name: e.eval_samples for name, e in ENTRIES.items()}  # size of each eval split
+EXAMPLE_BATCH = 8  # a vision workload's example inputs: its first 8 eval samples
 
 
 @dataclass
@@ -112,35 +116,45 @@ def miou(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int = 
     return _mean_iou(conf)
 
 
+def score_top1(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """``{"top1": ...}`` of classifier ``model`` on raw eval ``data`` ``(x, y)`` (normalised here), to 4 places."""
+    return {"top1": round(top1(model, *data), 4)}
+
+
+def score_miou(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """``{"miou": ...}`` of segmenter ``model`` on raw eval ``data`` ``(x, label maps)``, to 4 places."""
+    return {"miou": round(miou(model, *data), 4)}
+
+
 def _eval_data(name: str, limit: int | None):
-    if name in ("fmnist-resnet", "fmnist-vit"):
-        x, y = load_fashion_mnist("test")
-    elif name == "mosaic-segvit":
-        x, y = load_mosaic("test", n=EVAL_SAMPLES[name])
-    else:
-        x, y = load_motion("test", n=EVAL_SAMPLES[name])
-    return (x[:limit], y[:limit]) if limit else (x, y)
+    """The first ``limit`` eval samples of zoo model ``name`` (all without): ``(x, y)``, or sentences for minilm."""
+    e = entry(name)
+    return e.eval_data(limit=limit, n=e.eval_samples)
 
 
 def evaluate_model(name: str, model: nn.Module, limit: int | None = None) -> dict:
-    """The task metric of ``model`` on zoo task ``name`` (first ``limit`` eval samples, or all)."""
-    x, y = _eval_data(name, limit)
-    if TASKS[name] == "segmentation":
-        return {"miou": round(miou(model, x, y), 4)}
-    return {"top1": round(top1(model, x, y), 4)}
+    """The task metric of ``model`` on zoo task ``name`` (first ``limit`` eval samples, or all).
+
+    The dict holds the entry's ``metric_key`` (``top1``, ``miou``, or for minilm ``fidelity`` to the
+    dense model, with ``retrieval_top1``); an unknown ``name`` is a :class:`~prunekit.PruningError`.
+    """
+    return entry(name).score(model, _eval_data(name, limit))
+
+
+def example_inputs(name: str) -> tuple[torch.Tensor]:
+    """The example batch of vision zoo model ``name``: its first 8 eval samples, normalised, as a 1-tuple."""
+    x, _ = _eval_data(name, EXAMPLE_BATCH)
+    return (normalize(x),)
 
 
 def load(name: str) -> Workload:
-    """Load zoo model ``name`` (see ``NAMES``) from its shipped checkpoint, in eval mode."""
-    if name == "minilm":
-        from prunekit.zoo.minilm import load_minilm
-        return load_minilm()
-    if name not in models.BUILDERS:
-        raise KeyError(f"unknown zoo model {name!r}; choose one of {list(NAMES)}")
-    model = models.build(name)
+    """Load zoo model ``name`` (see ``NAMES``) from its shipped checkpoint, or its published weights, in
+    eval mode; an unknown name is a :class:`~prunekit.PruningError` naming the known ones."""
+    e = entry(name)
+    if e.pretrained is not None:
+        return e.pretrained()
+    model = e.builder()
     model.load_state_dict(load_state(name))
     model.eval()
-    x, _ = _eval_data(name, 8)
-    key = "miou" if TASKS[name] == "segmentation" else "top1"
-    return Workload(name, model, (normalize(x),), lambda m, limit=None: evaluate_model(name, m, limit),
-                    TASKS[name], key, read_manifest().get(name, {}))
+    return Workload(name, model, example_inputs(name), lambda m, limit=None: evaluate_model(name, m, limit),
+                    e.task, e.metric_key, read_manifest().get(name, {}))

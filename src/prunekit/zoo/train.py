@@ -21,6 +21,7 @@ from prunekit.data.mosaic import on_texture
 from prunekit.data.mosaic_stream import draw_params, render
 from prunekit.train.loop import FitResult  # the trainer's result (steps, seconds, last loss, last lr)
 from prunekit.zoo import models
+from prunekit.zoo.entries import ENTRIES, ZooLookupError
 from prunekit.zoo.store import save_checkpoint
 from prunekit.zoo.transfer import decoder_from_head, inflate_to_video, load_adding_heads, transfer_vit
 
@@ -332,8 +333,9 @@ def recipe_vivit(seed: int, quick: bool) -> tuple[nn.Module, str]:
                    "clip's clean item (KL at T=2, weight 0.5)")
 
 
-RECIPES = {"fmnist-resnet": recipe_resnet, "fmnist-vit": recipe_vit,
-           "mosaic-segvit": recipe_segvit, "motion-vivit": recipe_vivit}
+# the training recipe of each zoo model that prunekit trains (a view of its ZooEntry)
+RECIPES: dict[str, Callable[..., tuple[nn.Module, str]]] = {
+    name: e.recipe for name, e in ENTRIES.items() if e.recipe is not None}
 
 
 def option_flag(name: str) -> str:
@@ -462,11 +464,12 @@ def more_segvit(model: nn.Module, seed: int, quick: bool, more: More) -> str:
             "no label smoothing)")
 
 
+# the stage that continues each shipped checkpoint that has one (a view of its ZooEntry)
 MORE: dict[str, Callable[[nn.Module, int, bool, More], str]] = {
-    "fmnist-vit": more_vit, "mosaic-segvit": more_segvit, "motion-vivit": more_vivit}
+    name: e.more for name, e in ENTRIES.items() if e.more is not None}
 
-
-_NEW_HEADS = {"mosaic-segvit": ("refine.",)}  # heads added to an architecture after its checkpoint was shipped
+# heads added to an architecture after its checkpoint was shipped (a view of its ZooEntry)
+_NEW_HEADS = {name: e.new_heads for name, e in ENTRIES.items() if e.new_heads}
 
 
 def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module, str, float]:
@@ -477,7 +480,7 @@ def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module,
     """
     from prunekit.zoo.store import load_state, read_manifest
     if name not in MORE:
-        raise KeyError(f"{name!r} has no continuation stage; choose one of {sorted(MORE)}")
+        raise ZooLookupError(name, "continue training", f"no continuation stage; choose one of {', '.join(MORE)}")
     if more.shift and name != "mosaic-segvit":
         raise ValueError(f"--shift applies to mosaic-segvit only; {name}'s stage already shifts its inputs by 2 px")
     for flag, value in (("--sample-offset", more.offset), ("--decoder-only", more.decoder_only),
@@ -505,7 +508,7 @@ def train_model(name: str, seed: int = 0, quick: bool = False, out_dir=None, thr
     """
     from prunekit.zoo.registry import evaluate_model
     if name not in RECIPES:
-        raise KeyError(f"no training recipe for {name!r}; choose one of {sorted(RECIPES)}")
+        raise ZooLookupError(name, "train the zoo model", f"no training recipe; choose one of {', '.join(RECIPES)}")
     if threads:
         torch.set_num_threads(threads)
     t0, before = time.time(), 0.0
