@@ -126,6 +126,7 @@ def load_data(args, model: nn.Module, zoo_name: str | None = None, tokenizer=Non
         raise PruningError("--data", "train", "give training data: imagefolder:DIR, hf:DIR or a zoo name")
     kind, name = check_spec(spec)
     if kind == "name":
+        from prunekit.zoo import entry
         from prunekit.zoo import load as load_zoo
         from prunekit.zoo.finetune import FINETUNE_LR, fmnist_batches
         _zoo_data_check(name)
@@ -133,7 +134,7 @@ def load_data(args, model: nn.Module, zoo_name: str | None = None, tokenizer=Non
         wl = load_zoo(name)
         return Data(stream, wl.evaluate, 10, {"train": {"spec": name, "samples": 60000, "classes": 10},
                                                "val": {"spec": f"{name} eval split"}}, spe, None, name,
-                    FINETUNE_LR[name], 5e-4 if "resnet" in name else 0.05)
+                    FINETUNE_LR[name], entry(name).finetune_weight_decay)
     train = _build(spec, model, True, args, tokenizer)
     if args.val is not None:
         val = _build(args.val, model, False, args, tokenizer)
