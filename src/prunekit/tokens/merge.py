@@ -44,6 +44,7 @@ from prunekit.tokens.adapters import ADAPTERS, Adapter, Target
 from prunekit.tokens.groups import LocalMerge, group_layout, group_matching, window_groups
 from prunekit.tokens.matching import attention_bias, bipartite_soft_matching, merge_positions, merge_wavg, unmerge
 from prunekit.tokens.prune import class_attention, fuse_inattentive, keep_tokens, topk_keep
+from prunekit.tokens.saliency import SaliencyMerge, background_matching, saliency_from_qk
 from prunekit.tokens.schedule import Constant, PerLayer, RSpec, Schedule, as_schedule, solve_for_macs
 
 __all__ = ["merge", "unpatch", "is_patched", "last_info", "schedule_of", "MergeConfig", "TokenInfo",
@@ -59,6 +60,7 @@ class MergeConfig:
     trace_source: bool = False
     reducer: str = "merge"  # "merge" (ToMe), "drop" (top-k by class attention) or "fuse" (EViT)
     local: LocalMerge | None = None  # a local stage (windows / tubes) before the global merging
+    saliency: SaliencyMerge | None = None  # an early stage merging the background, salient tokens kept out
 
 
 @dataclass
@@ -67,7 +69,8 @@ class TokenInfo:
 
     ``positions[b, j]`` is the index, among the final tokens, of the token that original token ``j``
     ended in (-1: dropped); ``size`` ``(B, N', 1)`` counts the original (real) tokens in each;
-    ``r`` and ``tokens`` are the merges and the token count after each layer.
+    ``r`` and ``tokens`` are the merges and the token count after each layer. ``saliency`` ``(B, N)``:
+    each original token's score, with a :class:`~prunekit.tokens.saliency.SaliencyMerge` stage.
     """
 
     r: list[int]
@@ -75,6 +78,7 @@ class TokenInfo:
     size: torch.Tensor | None
     positions: torch.Tensor | None
     num_protected: int
+    saliency: torch.Tensor | None = None
 
 
 @dataclass
@@ -100,7 +104,13 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
     B, n0, _ = x.shape
     p = num_protected
     local = config.local
-    if local is None:
+    stage = config.saliency
+    if stage is not None:
+        if valid is not None:
+            raise ValueError("saliency-aware merging does not handle padded tokens")
+        rs = stage.plan(config.schedule, len(layers), n0, p)
+        early, kept = range(stage.layer, stage.layer + stage.early), stage.kept(n0, p)
+    elif local is None:
         rs = config.schedule.per_layer(len(layers), n0, p)
     else:  # the schedule is laid over the layers after the local stage, once its token count is known
         if groups is None:
@@ -113,6 +123,7 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
     track = merging or config.trace_source
     positions: torch.Tensor | None = None
     n, counts = n0, []
+    saliency = None
     for i, (layer, r) in enumerate(zip(layers, rs, strict=True)):
         bias = attention_bias(size, config.prop_attn, x.dtype, has_pad)
         x, q, k = adapter.attention(layer, x, bias)
@@ -123,6 +134,12 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
             rs[i + 1:] = config.schedule.per_layer(len(layers) - i - 1, n - r, p)
         if r > 0:
             if merging:
+                if stage is not None and i in early:  # the background only; scored in the stage's first block
+                    if i == stage.layer:
+                        with torch.no_grad():
+                            saliency = saliency_from_qk(q, k, bias, stage.query_stride)
+                    match = background_matching(k.mean(1), r, kept=kept, num_protected=p, size=size,
+                                                scores=saliency if i == stage.layer else None)
                 if match is None:
                     match = bipartite_soft_matching(k.mean(1), r, num_protected=p,
                                                     valid=size[..., 0] > 0 if has_pad else None)
@@ -149,7 +166,7 @@ def run_layers(adapter: Adapter, layers: list[nn.Module], x: torch.Tensor, valid
         x = adapter.mlp(layer, x)
     info = None
     if config.trace_source:
-        info = TokenInfo(done, counts, size if size is not None else x.new_ones(B, n, 1), positions, p)
+        info = TokenInfo(done, counts, size if size is not None else x.new_ones(B, n, 1), positions, p, saliency)
     if merging and positions is not None:
         x = unmerge(x, positions)
     return x, info
@@ -248,7 +265,8 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_source: bool = False,
           target_macs: float | None = None, example_inputs: Any = None, num_protected: int | None = None,
-          reducer: str = "merge", local: LocalMerge | None = None) -> nn.Module:
+          reducer: str = "merge", local: LocalMerge | None = None, saliency: SaliencyMerge | None = None
+          ) -> nn.Module:
     """Patch ``model`` in place to merge tokens in every transformer layer; returns ``model``.
 
     ``r``: tokens merged per layer — an int (constant), a list (per layer) or a schedule from
@@ -260,8 +278,10 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     prefix tokens). ``local``: a :class:`~prunekit.tokens.groups.LocalMerge` stage merging whole windows
     (or time tubes) of alike neighbours first; ``r`` then schedules the layers after it, as if they were
     the whole stack (layers before it merge nothing; timm ViTs; see
-    :func:`prunekit.tokens.merge_dense`, :func:`prunekit.tokens.merge_video`). Patching an already
-    patched model replaces the old patch.
+    :func:`prunekit.tokens.merge_dense`, :func:`prunekit.tokens.merge_video`). ``saliency``: a
+    :class:`~prunekit.tokens.saliency.SaliencyMerge` stage instead, merging the background first with the
+    salient tokens kept out; ``r`` then schedules the layers after it (unpadded tokens only; see
+    :func:`prunekit.tokens.merge_video`). Patching an already patched model replaces the old patch.
 
     Supported: timm ``VisionTransformer`` family, Hugging Face BERT-style encoders and ViT/DeiT,
     ``nn.TransformerEncoder``. Unsupported layers raise ``NotImplementedError`` before anything changes.
@@ -277,6 +297,10 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
         raise ValueError(f"reducer must be 'merge', 'drop' or 'fuse', got {reducer!r}")
     if local is not None and reducer != "merge":
         raise ValueError("a local merging stage needs reducer='merge'")
+    if saliency is not None and (reducer != "merge" or local is not None):
+        raise ValueError("a saliency stage needs reducer='merge' and no local stage")
+    if saliency is not None and not isinstance(saliency, SaliencyMerge):
+        raise TypeError(f"saliency must be a prunekit.tokens.saliency.SaliencyMerge, got {type(saliency).__name__}")
     if local is not None and not isinstance(local, LocalMerge):
         raise TypeError(f"local must be a prunekit.tokens.LocalMerge, got {type(local).__name__}")
     if local is not None:
@@ -296,7 +320,7 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
         if local is not None and t.grid is None:  # e.g. an HF encoder beside a timm ViT
             raise PruningError(type(t.owner).__name__, "merge tokens locally",
                                "its layer stack has no token grid; only timm ViTs have one here")
-    config = MergeConfig(as_schedule(r), prop_attn, trace_source, reducer, local)
+    config = MergeConfig(as_schedule(r), prop_attn, trace_source, reducer, local, saliency)
     try:
         for adapter, t in found:
             patch = _Patch(adapter, t, config, model, type(t.container))
@@ -354,10 +378,11 @@ def _solve_target(model: nn.Module, config: MergeConfig, fraction: float, exampl
 
     try:
         local, config.local = config.local, None  # the fraction is of the dense model's MACs
+        stage, config.saliency = config.saliency, None
         try:
             dense = macs_of(Constant(0))
         finally:
-            config.local = local
+            config.local, config.saliency = local, stage
         limit = 1024  # clipping makes MACs flat past the largest useful r
         best = solve_for_macs(macs_of, dense, fraction, limit)
         floor = macs_of(Constant(limit))
