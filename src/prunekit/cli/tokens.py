@@ -1,5 +1,8 @@
 """``prunekit tokens show NAME --r R --out merged.png``: which patches merged into which token (ToMe,
-Bolya et al., ICLR 2023), drawn over an input image of the model's workload.
+Bolya et al., ICLR 2023), drawn over an input image of the model's workload. ``--video saliency
+[--keep F] [--early E] [--background-r R] [--r R]``: a video model's clip as a strip of frames, the
+tokens kept out of the early merging outlined and the saliency heat map beneath (vid-TLDR, Choi et
+al., CVPR 2024; :func:`prunekit.tokens.show.draw_video_saliency`).
 
 ``prunekit tokens dynamic NAME --keep 0.7 --fit-epochs E [--data SPEC] --out PATH``: DynamicViT
 (Rao et al., NeurIPS 2021) token scorers before ``--stages``, trained with
@@ -27,7 +30,17 @@ def register(sub) -> None:
     tsub = p.add_subparsers(dest="tokens_command", required=True)
     show = tsub.add_parser("show", help="draw the merged tokens over an input image")
     show.add_argument("model", help="zoo name, timm:<name> or saved model path (a ViT)")
-    show.add_argument("--r", type=int, required=True, help="tokens merged per layer")
+    show.add_argument("--r", type=int, help="tokens merged per layer (with --video: in the blocks after the "
+                      "early stage, default 0)")
+    show.add_argument("--video", choices=("saliency",), default=None,
+                      help="draw a video model's clip: the tokens kept out of saliency-aware merging and the "
+                      "saliency heat map, one column per time slice")
+    show.add_argument("--keep", type=float, metavar="F", help="--video saliency: share of the tokens kept out of "
+                      "the early merging (default 0.3)")
+    show.add_argument("--early", type=int, metavar="E", help="--video saliency: blocks merging the background "
+                      "(default 1)")
+    show.add_argument("--background-r", type=int, metavar="R", help="--video saliency: background tokens merged in "
+                      "each early block (default: half of them)")
     show.add_argument("--out", default="merged.png", help="PNG to write")
     show.add_argument("--index", type=int, default=0, help="which example input to draw")
     show.set_defaults(func=run_show)
@@ -47,8 +60,21 @@ def register(sub) -> None:
 def run_show(args) -> int:
     import torch
 
+    from prunekit.errors import PruningError
     from prunekit.tokens.show import draw_merges, merge_groups
 
+    saliency_flags = [f for f, v in (("--keep", args.keep), ("--early", args.early),
+                                     ("--background-r", args.background_r)) if v is not None]
+    if saliency_flags and args.video is None:
+        raise PruningError(saliency_flags[0], "show tokens", "it is for saliency-aware merging; add --video saliency")
+    if args.r is None and args.video is None:
+        raise PruningError("tokens show", "show tokens", "give --r R (tokens merged per layer), or --video saliency")
+    check_range("--r", args.r, 0, float("inf"), command="tokens show")
+    check_range("--keep", args.keep, 0, 1, hi_open=True, command="tokens show")
+    check_range("--early", args.early, 1, float("inf"), command="tokens show")
+    check_range("--background-r", args.background_r, 0, float("inf"), command="tokens show")
+    if args.video:
+        return _show_video(args)
     wl = resolve_model(args.model)
     inputs = wl.example_inputs
     x = inputs.get("pixel_values") if isinstance(inputs, dict) else inputs[0]
@@ -58,6 +84,24 @@ def run_show(args) -> int:
     labels = merge_groups(wl.model, image, args.r)
     path = draw_merges(image, labels, args.out, title=f"{wl.name}, r={args.r}")
     print(f"wrote {path}: {labels.numel()} patches -> {int(labels.unique().numel())} tokens")
+    return 0
+
+
+def _show_video(args) -> int:
+    import torch
+
+    from prunekit.tokens.show import draw_video_saliency, video_saliency
+    wl = resolve_model(args.model)
+    inputs = wl.example_inputs
+    x = inputs[0] if isinstance(inputs, (tuple, list)) else None
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise SystemExit(f"{args.model}: tokens show --video needs a video model (inputs of shape B, C, T, H, W)")
+    clip = x[args.index]
+    shown = video_saliency(wl.model, clip, r=args.r or 0, keep=args.keep, early=args.early,
+                           background_r=args.background_r)
+    path = draw_video_saliency(clip, shown, args.out, title=f"{wl.name}: saliency-aware merging")
+    print(f"wrote {path}: {int(shown.kept.sum())} of {shown.kept.numel()} tokens kept out of the early merging, "
+          f"{int(shown.unmerged.sum())} unmerged after the last block")
     return 0
 
 
