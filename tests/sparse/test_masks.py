@@ -48,6 +48,19 @@ def test_row_masks_same_count_per_row():
     assert torch.all((~mask).sum(1) == 12)
 
 
+@pytest.mark.parametrize("k", [0, 1, 5, 12 * 6, 12 * 6 + 5, 240])
+def test_spread_row_masks_counts_and_order(k):
+    score = torch.rand(6, 40, generator=torch.Generator().manual_seed(k))
+    mask = M.spread_row_masks(score, k)
+    per_row = (~mask).sum(1)
+    assert int(per_row.sum()) == k and int(per_row.max() - per_row.min()) <= 1
+    for r in range(6):  # within a row the lowest scores go
+        if 0 < per_row[r] < 40:
+            assert score[r][~mask[r]].max() <= score[r][mask[r]].min()
+    if k % 6 == 0:
+        assert torch.equal(mask, M.row_masks(score, k / 240))
+
+
 def test_block_masks_remove_whole_tiles():
     score = torch.rand(16, 32)
     mask = M.block_masks([score], 0.5, 4, 8)[0]

@@ -2,7 +2,8 @@
 
 - :func:`sparsify` zeroes the least important weights (magnitude; Wanda, Sun et al. 2023; random) in an
   unstructured, N:M (Mishra et al. 2021; Zhou et al. 2021) or block pattern, and keeps them zero while
-  training;
+  training; :class:`SparseGPT` (Frantar & Alistarh 2023) also updates the kept weights from calibration
+  Hessians, and :class:`OWL` (Yin et al. 2024) sets per-layer ratios from outlier activations;
 - :func:`finalize` bakes the masks into plain weights and optionally swaps Linear layers for sparse
   kernels where a timing shows they are faster;
 - :class:`GradualPruner` prunes during training: the sparsity rises on Zhu & Gupta's cubic schedule
@@ -24,9 +25,12 @@ from prunekit.sparse.gradual import GradualPruner, cubic_sparsity
 from prunekit.sparse.kernels import SparseLinear, finalize
 from prunekit.sparse.masking import attach_mask, detach_mask, is_masked, masked_modules
 from prunekit.sparse.oneshot import SparsityResult, sparsify
+from prunekit.sparse.owl import OWL
 from prunekit.sparse.report import SparsityReport, sparsity_report
+from prunekit.sparse.sparsegpt import SparseGPT
 from prunekit.sparse.targets import default_targets, output_layer
 
-__all__ = ["sparsify", "finalize", "sparsity_report", "SparsityResult", "SparsityReport", "SparseLinear",
+__all__ = ["sparsify", "SparseGPT", "OWL", "finalize", "sparsity_report", "SparsityResult", "SparsityReport",
+           "SparseLinear",
            "GradualPruner", "cubic_sparsity", "attach_mask", "detach_mask", "is_masked", "masked_modules",
            "default_targets", "output_layer"]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Pattern", "parse_pattern", "as_matrix", "magnitude_scores", "wanda_scores", "random_scores",
-           "unstructured_masks", "row_masks", "nm_mask", "block_masks", "num_to_prune"]
+           "unstructured_masks", "row_masks", "spread_row_masks", "nm_mask", "block_masks", "num_to_prune"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,29 @@ def row_masks(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     keep = torch.ones(mat.shape, dtype=torch.bool, device=mat.device)
     if k:
         keep.scatter_(1, torch.topk(mat, k, dim=1, largest=False).indices, False)
+    return keep.view(score.shape)
+
+
+def spread_row_masks(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Remove ``k`` lowest scores in all, compared within each output row (Wanda's group) and spread as
+    evenly as rows allow: each row loses ``k // rows``, and the ``k % rows`` rows whose next-lowest
+    score is smallest lose one more. ``row_masks`` is the case ``k = rows * round(sparsity * in)``.
+
+    >>> spread_row_masks(torch.tensor([[1.0, 2.0, 3.0], [0.5, 9.0, 8.0]]), 3).int().tolist()
+    [[0, 0, 1], [0, 1, 1]]
+    """
+    mat = as_matrix(score)
+    rows, cols = mat.shape
+    base, extra = divmod(int(k), rows)
+    keep = torch.ones(mat.shape, dtype=torch.bool, device=mat.device)
+    depth = min(base + 1, cols)
+    if base == 0 and extra == 0:
+        return keep.view(score.shape)
+    values, idx = torch.topk(mat, depth, dim=1, largest=False)
+    keep.scatter_(1, idx[:, :base], False)
+    if extra:
+        chosen = torch.topk(values[:, base], extra, largest=False).indices
+        keep[chosen, idx[chosen, base]] = False
     return keep.view(score.shape)
 
 

@@ -1,7 +1,9 @@
 """``sparsify``: one-shot unstructured, N:M or block sparsity with masks that survive training.
 
 Everything is validated and every mask is computed before the first weight changes, so a call that
-raises leaves the model exactly as it was.
+raises leaves the model exactly as it was. SparseGPT (:mod:`prunekit.sparse.sparsegpt`) rewrites the
+weights layer by layer while it calibrates; it puts every weight and mask back if it fails. OWL layer
+ratios (:mod:`prunekit.sparse.owl`) replace the uniform ratio with ``scope="owl"``.
 
 >>> import torch
 >>> from torch import nn
@@ -23,16 +25,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.calib import calib_batches
 from prunekit.compat import renamed
 from prunekit.errors import PruningError
 from prunekit.sparse import masks as M
 from prunekit.sparse.masking import MASK_NAME, attach_mask, is_masked
+from prunekit.sparse.owl import OWL, allocate, block_groups, outlier_share, owl_ratios
+from prunekit.sparse.sequential import sparsegpt_layers
+from prunekit.sparse.sparsegpt import SparseGPT, tile_shape
 from prunekit.sparse.targets import default_targets, input_norms, output_layer
 
 __all__ = ["sparsify", "SparsityResult", "METHODS", "SCOPES"]
 
-METHODS = ("magnitude", "wanda", "random")
-SCOPES = ("global", "local")
+METHODS = ("magnitude", "wanda", "random", "sparsegpt")
+SCOPES = ("global", "local", "owl")
+CALIBRATED = ("wanda", "sparsegpt")
 
 
 def local_scope(scope: str, where: str) -> str:
@@ -77,8 +84,14 @@ class SparsityResult:
         return "\n".join(lines)
 
 
-def _check_args(sparsity: float | None, method: str, scope: str, pattern: str, calib: Any) -> tuple[float, M.Pattern]:
+def _name(option: Any) -> Any:
+    """The name of a criterion or scope given as a settings object (``SparseGPT()``, ``OWL()``)."""
+    return option.name if isinstance(option, (SparseGPT, OWL)) else option
+
+
+def _check_args(sparsity: float | None, method: Any, scope: Any, pattern: str, calib: Any) -> tuple[float, M.Pattern]:
     op = "sparsify"
+    method, scope = _name(method), _name(scope)
     if method not in METHODS:
         raise PruningError("model", op, f"unknown method {method!r}; use one of {METHODS}")
     if scope not in SCOPES:
@@ -95,8 +108,13 @@ def _check_args(sparsity: float | None, method: str, scope: str, pattern: str, c
                                             f"but sparsity={sparsity!r} was asked (pass {pat.sparsity:g} or None)")
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
         raise PruningError("model", op, f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    if method == "wanda" and calib is None:
-        raise PruningError("model", op, "method='wanda' needs calib= (batches of inputs) for the input norms")
+    if method in CALIBRATED and calib is None:
+        raise PruningError("model", op, f"criterion={method!r} needs calib= (batches of inputs)")
+    if scope == "owl" and calib is None:
+        raise PruningError("model", op, "scope='owl' needs calib= (batches of inputs) for the outlier scores")
+    if scope == "owl" and pat.kind == "nm":
+        raise PruningError("model", op, f"scope='owl' sets a sparsity per layer, but pattern {pat} fixes every "
+                                        f"layer's at {pat.sparsity:g}; use an unstructured or block pattern")
     return float(sparsity), pat
 
 
@@ -145,6 +163,46 @@ def _scores(method: str, targets: list[tuple[str, nn.Module]], norms: dict, seed
     return out
 
 
+def _units(targets: list[tuple[str, nn.Module]], pat: M.Pattern) -> list[int]:
+    """How many tiles (weights, or ``block:HxW`` blocks) each target holds."""
+    th, tw = tile_shape(pat)
+    return [mod.weight.numel() // (th * tw) for _, mod in targets]
+
+
+def _owl_counts(model: nn.Module, targets: list[tuple[str, nn.Module]], norms: dict, sparsity: float,
+                pat: M.Pattern, owl: OWL) -> list[int]:
+    """Tiles to remove per target: OWL's ratios from the Wanda scores (pooled per block unless
+    ``owl.blocks`` is off), adding up to the global count."""
+    blocks = [f"{n}.{c}" if n else c for n, m in model.named_modules() if isinstance(m, nn.ModuleList)
+              for c, _ in m.named_children()] if owl.blocks else []
+    groups = block_groups([n for n, _ in targets], blocks)
+    scores = _scores("wanda", targets, norms, 0)
+    shares = [outlier_share(torch.cat([scores[i].reshape(-1) for i in g]), owl.threshold) for g in groups]
+    units = _units(targets, pat)
+    sizes = [sum(units[i] for i in g) for g in groups]
+    per_group = allocate(owl_ratios(shares, sizes, sparsity, owl.band), sizes, M.num_to_prune(sparsity, sum(units)))
+    counts = [0] * len(targets)
+    for g, k, size in zip(groups, per_group, sizes, strict=True):  # one ratio for a block's layers
+        for i, c in zip(g, allocate([k / size] * len(g), [units[i] for i in g], k), strict=True):
+            counts[i] = c
+    return counts
+
+
+def _counted_masks(scores: list[torch.Tensor], counts: list[int], method: str,
+                   pat: M.Pattern) -> list[torch.Tensor]:
+    """Per-layer masks that remove ``counts[i]`` tiles of layer ``i`` (OWL's ratios)."""
+    out = []
+    for s, k in zip(scores, counts, strict=True):
+        if pat.kind == "block":
+            units = s.numel() // (pat.n * pat.m)
+            out.append(M.block_masks([s], k / units, pat.n, pat.m)[0])
+        elif method == "wanda":
+            out.append(M.spread_row_masks(s, k))
+        else:
+            out.append(M.unstructured_masks([s], k / s.numel())[0])
+    return out
+
+
 def _masks(scores: list[torch.Tensor], sparsity: float, method: str, scope: str,
            pat: M.Pattern) -> list[torch.Tensor]:
     if pat.kind == "nm":
@@ -160,21 +218,26 @@ def _masks(scores: list[torch.Tensor], sparsity: float, method: str, scope: str,
     return [M.unstructured_masks([s], sparsity)[0] for s in scores]
 
 
-def sparsify(model: nn.Module, sparsity: float | None, *, criterion: str = "magnitude", scope: str = "global",
-             pattern: str = "unstructured", calib: Any = None, ignore: Iterable[Any] = (),
-             seed: int = 0, method: str | None = None) -> SparsityResult:
+def sparsify(model: nn.Module, sparsity: float | None, *, criterion: str | SparseGPT = "magnitude",
+             scope: str | OWL = "global", pattern: str = "unstructured", calib: Any = None,
+             ignore: Iterable[Any] = (), seed: int = 0, method: str | None = None) -> SparsityResult:
     """Zero the least important weights of ``model``'s Linear and Conv2d layers, in place, and keep them zero.
 
     Args:
         sparsity: fraction of target weights to remove, in ``[0, 1)``. For ``"N:M"`` it must be
             ``1 - N/M`` or ``None``.
-        criterion: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖X‖₂, per output row; needs ``calib``) or
-            ``"random"`` (``method=`` is its old name, deprecated).
-        scope: ``"global"`` (one threshold over all targets) or ``"local"`` (each layer gets
-            ``sparsity``). Wanda always compares within each output row; N:M within each group.
+        criterion: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖X‖₂, per output row; needs ``calib``),
+            ``"sparsegpt"`` (OBS updates of the kept weights, layer by layer; needs ``calib``; pass
+            :class:`~prunekit.sparse.sparsegpt.SparseGPT` to set its dampening) or ``"random"``
+            (``method=`` is its old name, deprecated).
+        scope: ``"global"`` (one threshold over all targets), ``"local"`` (each layer gets
+            ``sparsity``) or ``"owl"`` (per-layer ratios from the outlier share of the Wanda scores,
+            ``sparsity`` over all targets; needs ``calib``; pass :class:`~prunekit.sparse.owl.OWL` to
+            set its threshold and band). Wanda always compares within each output row and SparseGPT
+            within each layer, so for them ``"global"`` is ``"local"``; N:M compares within each group.
         pattern: ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``) or ``"block:HxW"``.
-        calib: calibration inputs for wanda: a tensor, one batch in the ``example_inputs`` form, or an
-            iterable of batches.
+        calib: calibration inputs for wanda, sparsegpt and owl: a tensor, one batch in the
+            ``example_inputs`` form, or an iterable of batches (see :mod:`prunekit.calib`).
         ignore: module names, fnmatch patterns, module instances or types to leave dense (the
             output layer is always left dense).
         seed: seed of ``method="random"``.
@@ -189,20 +252,36 @@ def sparsify(model: nn.Module, sparsity: float | None, *, criterion: str = "magn
     >>> lin = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
     >>> sparsify(lin, 0.5, criterion="wanda", calib=torch.randn(32, 8)).layers
     {'0': 0.5}
+    >>> sparsify(lin, 0.5, criterion="sparsegpt", calib=torch.randn(32, 8)).layers
+    {'0': 0.5}
     """
-    method = renamed("sparsify", "method", "criterion", method, criterion, "magnitude")
+    criterion = renamed("sparsify", "method", "criterion", method, criterion, "magnitude")
     scope = local_scope(scope, "sparsify")
-    sparsity, pat = _check_args(sparsity, method, scope, pattern, calib)
+    sparsity, pat = _check_args(sparsity, criterion, scope, pattern, calib)
+    method, gpt = _name(criterion), criterion if isinstance(criterion, SparseGPT) else SparseGPT()
+    owl = scope if isinstance(scope, OWL) else OWL() if scope == "owl" else None
+    scope = _name(scope)
     targets = default_targets(model, ignore)
     if not targets:
         raise PruningError("model", "sparsify", "no Linear or Conv2d layer to sparsify (all ignored?)")
     _check_shapes(targets, pat)
-    norms = input_norms(model, targets, calib) if method == "wanda" else {}
+    batches = calib_batches(calib, "model", "sparsify") if calib is not None else None
+    norms = input_norms(model, targets, batches) if method == "wanda" or owl else {}
     with torch.no_grad():
-        masks = _masks(_scores(method, targets, norms, seed), sparsity, method, scope, pat)
+        counts = _owl_counts(model, targets, norms, sparsity, pat, owl) if owl else None
+        if method == "sparsegpt":
+            if counts is None:
+                counts = [M.num_to_prune(sparsity, u) for u in _units(targets, pat)]
+            pruned = {name: k for (name, _), k in zip(targets, counts, strict=True)}
+            masks = list(sparsegpt_layers(model, targets, batches, pruned, pat, gpt).values())
+        elif counts is not None:
+            masks = _counted_masks(_scores(method, targets, norms, seed), counts, method, pat)
+        else:
+            masks = _masks(_scores(method, targets, norms, seed), sparsity, method, scope, pat)
     result = SparsityResult(method, str(pat), scope, sparsity)
     for (name, mod), mask in zip(targets, masks, strict=True):
-        attach_mask(mod, mask)
+        if method != "sparsegpt":  # sparsegpt attached each mask with its new weights
+            attach_mask(mod, mask)
         zeros = mask.numel() - int(mask.sum())
         result.layers[name] = round(zeros / mask.numel(), 6)
         result.numel += mask.numel()
