@@ -47,6 +47,20 @@ def test_cli_sparsify_nm_wanda(tmp_path, monkeypatch, capsys):
     assert int(w.reshape(-1, 4).ne(0).sum(1).max()) <= 2
 
 
+def test_cli_sparsegpt_with_owl_ratios(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
+    out = tmp_path / "gpt.safetensors"
+    code = main(["sparsify", "tiny", "--sparsity", "0.6", "--criterion", "sparsegpt", "--scope", "owl",
+                 "--out", str(out), "--json", "--repeats", "1"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)["sparsity"]
+    assert (res["method"], res["scope"], res["achieved"]) == ("sparsegpt", "owl", 0.6)  # 49152 of 81920
+    back = prunekit.load(out)
+    assert back.prunekit_meta["sparsify"]["method"] == "sparsegpt"
+    zeros = sum(int((back[i].weight == 0).sum()) for i in (0, 2))
+    assert zeros == round(0.6 * (64 * 256 + 256 * 256))
+
+
 def test_cli_bad_sparsity_exits_cleanly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_sparsify, "resolve_model", lambda spec: _workload())
     assert main(["sparsify", "tiny", "--sparsity", "1.5", "--out", str(tmp_path / "x.safetensors")]) == 2

@@ -32,19 +32,21 @@ from prunekit.measure import profile
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sparsify", help="zero individual weights (magnitude / wanda / random; unstructured, N:M, "
-                                        "block) and save the model compressed")
+    p = sub.add_parser("sparsify", help="zero individual weights (magnitude / wanda / sparsegpt / random; "
+                                        "unstructured, N:M, block) and save the model compressed")
     p.add_argument("model", help="zoo name, timm:<name>, hf:<dir>, a save_pretrained directory or a saved model path")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights to remove, in [0, 1) (N:M patterns fix it at 1 - N/M)")
-    add_criterion(p, "--method", default="magnitude", choices=["magnitude", "wanda", "random"],
-                  help="weight score: magnitude, wanda (needs calibration data) or random")
+    add_criterion(p, "--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt", "random"],
+                  help="weight score: magnitude, wanda, sparsegpt (these two calibrate on --calib samples; "
+                       "sparsegpt also updates the kept weights) or random")
     p.add_argument("--pattern", default="unstructured", help="unstructured, N:M (e.g. 2:4) or block:HxW")
-    p.add_argument("--scope", default="global", choices=["global", "local", "layer"],
+    p.add_argument("--scope", default="global", choices=["global", "local", "owl", "layer"],
                    help="global: one threshold over all layers; local: each layer at --sparsity ('layer' is its "
-                        "old name)")
+                        "old name); owl: per-layer ratios from outlier activations, --sparsity over all layers")
     p.add_argument("--ignore", nargs="*", default=[], help="module names or fnmatch patterns to leave dense")
-    p.add_argument("--calib", type=int, default=256, help="calibration samples for --criterion wanda")
+    p.add_argument("--calib", type=int, default=256,
+                   help="calibration samples for --criterion wanda / sparsegpt and --scope owl")
     p.add_argument("--kernels", default=None, choices=["auto", "csr", "bsr", "semi"],
                    help="swap Linear layers for sparse kernels (auto: only where a timing shows a speed-up)")
     p.add_argument("--gradual-epochs", type=float, default=0.0,
@@ -101,7 +103,8 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         prunekit.save(wl.model, Path(tmp) / "dense.safetensors")
         dense_bytes = (Path(tmp) / "dense.safetensors").stat().st_size
-    calib = calibration(wl, args.calib) if args.criterion == "wanda" else None
+    calibrated = args.criterion in ("wanda", "sparsegpt") or args.scope == "owl"
+    calib = calibration(wl, args.calib) if calibrated else None
     options = {"criterion": args.criterion, "pattern": args.pattern, "scope": args.scope, "calib": calib,
                "ignore": args.ignore}
     try:
