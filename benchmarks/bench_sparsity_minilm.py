@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from typing import Any
 
 import torch
 from common import write_result
@@ -26,7 +27,9 @@ CONFIGS = [("unstructured", "magnitude", "local"), ("unstructured", "magnitude",
            ("unstructured", "wanda", "local"), ("2:4", "magnitude", "local"), ("2:4", "wanda", "local")]
 
 
-def main() -> None:
+def prepare() -> tuple[argparse.Namespace, Any, dict, list]:
+    """``--calib``, ``--limit``, ``--threads`` parsed and the threads set; minilm loaded and measured dense;
+    the calibration batches: ``(args, workload, dense metric, calib)`` (shared with bench_sparsegpt_minilm)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--limit", type=int, default=1000)
@@ -34,8 +37,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wl = load("minilm")
-    dense_metric = wl.evaluate(wl.model, limit=args.limit)
-    calib = calibration_batches(args.calib)
+    return args, wl, wl.evaluate(wl.model, limit=args.limit), calibration_batches(args.calib)
+
+
+def main() -> None:
+    args, wl, dense_metric, calib = prepare()
     rows = [["dense", "-", "-", 0.0, dense_metric["fidelity"], dense_metric["retrieval_top1"], 0.0]]
     for pattern, method, scope in CONFIGS:
         model = copy.deepcopy(wl.model)
