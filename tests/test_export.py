@@ -24,12 +24,32 @@ def test_pruned_zoo_cnn_exports_with_a_dynamic_batch(tmp_path, capsys):
     assert main(["export", str(pruned), "--out", str(out), "--dynamic-batch", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert doc["max_abs_diff"] <= doc["tolerance"] and doc["checked_batches"] == [8, 16]
-    assert "round_to=8" in doc["hints"][0]  # free widths (22, 45, ...) miss onnxruntime's blocked convs
+    # free widths (22, 45, ...) miss onnxruntime's blocked convs: the exported graph is padded to 8
+    assert doc["padded"]["padded_groups"] > 0 and "hints" not in doc
+    import onnx
+    convs = {n.input[1] for n in onnx.load(str(out)).graph.node if n.op_type == "Conv"}
+    widths = [init.dims[0] for init in onnx.load(str(out)).graph.initializer if init.name in convs]
+    assert widths and all(w % 8 == 0 for w in widths), widths
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 1, 28, 28)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     ref = prunekit.load(pruned).eval()(x).detach().numpy()
     assert got.shape == (3, 10) and np.abs(got - ref).max() <= 1e-4 * (1 + np.abs(ref).max())
+    assert main(["export", str(pruned), "--out", str(out), "--no-pad", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "padded" not in doc and "round_to=8" in doc["hints"][0]
+
+
+def test_export_pads_a_copy_and_leaves_the_model_as_it_was(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5), torch.nn.ReLU(),
+                              torch.nn.Conv2d(5, 6, 3)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    res = export_onnx(net, (torch.randn(2, 3, 12, 12),), tmp_path / "p.onnx")
+    assert res["padded"]["padded_groups"] == 1 and res["padded"]["channels_added"] == 3
+    assert res["max_abs_diff"] <= res["tolerance"] and net[0].out_channels == 5
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(PruningError, match="pad_to must be at least 2"):
+        export_onnx(net, (torch.randn(2, 3, 12, 12),), tmp_path / "p.onnx", pad_to=1)
 
 
 def test_round_to_gives_the_widths_onnxruntime_blocks_on_and_silences_the_hint():
