@@ -24,7 +24,7 @@ import torch
 from prunekit.errors import PruningError
 from prunekit.train import distributed as D
 
-__all__ = ["save", "restore", "latest", "restore_rng", "KEEP"]
+__all__ = ["save", "restore", "adopt", "latest", "restore_rng", "KEEP"]
 
 KEEP = 2  # checkpoint folders kept (the newest and the one before)
 
@@ -77,6 +77,26 @@ def save(trainer, folder: str | Path, final: bool = False) -> Path | None:
     return path
 
 
+def adopt(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """Make ``dst`` what ``src`` is (parameters, buffers, attributes, sub-modules) while keeping the
+    identity of every sub-module object ``dst`` already has where ``src`` has one of the same class at
+    the same place: a caller holding an inner module (the DynamicViT inside a training wrapper) sees
+    the restored weights. Sub-modules that only ``src`` has (added or replaced in training) are taken.
+
+    >>> a, b = torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.Sequential(torch.nn.Linear(2, 3))
+    >>> inner = a[0]
+    >>> adopt(a, b)
+    >>> a[0] is inner, inner.out_features, torch.equal(inner.weight, b[0].weight)
+    (True, 3, True)
+    """
+    for name, child in list(src._modules.items()):
+        mine = dst._modules.get(name)
+        if child is not None and mine is not None and type(mine) is type(child) and mine is not child:
+            adopt(mine, child)
+            src._modules[name] = mine
+    dst.__dict__.update(src.__dict__)
+
+
 def restore(trainer, folder: str | Path | None) -> int:
     """Load the newest checkpoint under ``folder`` into ``trainer``; return the step it was taken at."""
     import prunekit
@@ -91,7 +111,7 @@ def restore(trainer, folder: str | Path | None) -> int:
     own = {type(m) for m in trainer.model.modules()}  # the run's own classes: it wrote this file itself
     saved = prunekit.load(path / "model.safetensors", map_location=trainer.device, classes=own)
     saved.__dict__.pop("prunekit_meta", None)
-    trainer.model.__dict__.update(saved.__dict__)  # architecture, weights and masks as at the checkpoint
+    adopt(trainer.model, saved)  # architecture, weights and masks as at the checkpoint
     trainer.model.train()
     trainer.optimizer = trainer._optimizer()
     trainer.optimizer.load_state_dict(state["optimizer"])
