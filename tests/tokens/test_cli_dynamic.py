@@ -32,3 +32,28 @@ def test_tokens_dynamic_refuses_a_bad_keep_before_building_anything(capsys):
     argv = ["tokens", "dynamic", "fmnist-vit", "--keep", "1.5", "--fit-epochs", "1", "--out", "x.safetensors"]
     assert main(argv) == 2
     assert "--keep" in capsys.readouterr().err
+
+
+def test_tokens_dynamic_resume_without_a_checkpoint_is_refused_up_front(tmp_path, capsys):
+    argv = ["tokens", "dynamic", "fmnist-vit", "--fit-epochs", "1", "--resume",
+            "--out", str(tmp_path / "d.safetensors")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint to continue from" in err[0]
+
+
+@pytest.mark.skipif("fmnist-vit" not in read_manifest(), reason="no fmnist-vit checkpoint shipped")
+def test_tokens_dynamic_writes_checkpoints_and_resumes(tmp_path, capsys):
+    """A finished run resumed continues from its last checkpoint: no step is trained again, same weights."""
+    first, again, ck = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "ck"
+    base = ["tokens", "dynamic", "fmnist-vit", "--batch", "8", "--limit", "16", "--repeats", "1",
+            "--throughput-batch", "8", "--checkpoint-dir", str(ck), "--fit-epochs", "0.0003", "--json"]
+    assert main([*base, "--out", str(first)]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["dynamic"]["steps"] == 2 and any(ck.iterdir())
+    assert len(doc["dynamic"]["kept_per_stage"]) == 3 and doc["dynamic"]["kept_targets"][0] == 0.7
+    assert main([*base, "--out", str(again), "--resume"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["dynamic"]["steps"] == 0  # both steps were already in the checkpoint
+    a, b = prunekit.load(first).state_dict(), prunekit.load(again).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

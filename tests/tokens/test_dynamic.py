@@ -101,7 +101,8 @@ def test_loss_parts_and_gradients_reach_the_scorers():
     teacher = VisionTransformer(**KW).eval()
     loss, parts = dynamic_loss(dyn, X, torch.tensor([0, 1, 2]), teacher)
     loss.backward()
-    assert set(parts) == {"loss", "ce", "kl", "tokens", "ratio", "kept"} and parts["ratio"] >= 0
+    assert set(parts) == {"loss", "ce", "kl", "tokens", "ratio", "kept", "kept1", "kept2"} and parts["ratio"] >= 0
+    assert parts["kept2"] == parts["kept"] <= parts["kept1"]  # the share after the last stage, and each stage's
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dyn.scorers.parameters())
 
 

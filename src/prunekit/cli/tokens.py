@@ -107,13 +107,14 @@ def _show_video(args) -> int:
 
 def run_dynamic(args) -> int:
     import prunekit
-    from prunekit.cli.recover import _loader, load_data
+    from prunekit.cli.recover import _checkpoint_dir, _loader, check_args, load_data
     from prunekit.measure import profile
     from prunekit.tokens import DynamicViT
     from prunekit.train import fit_dynamic
     check_range("--keep", args.keep, 0, 1, lo_open=True, hi_open=True, command="tokens dynamic")
     check_range("--fit-epochs", args.fit_epochs, 0, float("inf"), lo_open=True, command="tokens dynamic")
     check_out(args.out, "tokens dynamic")
+    check_args(args, args.fit_epochs, "tokens dynamic")  # batch, lr, data specs, --resume with no checkpoint
     stages = tuple(int(s) for s in args.stages.split(",") if s.strip())
     wl = resolve_model(args.model)
     zoo = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or (wl.name if wl.metric_key else None)
@@ -123,11 +124,17 @@ def run_dynamic(args) -> int:
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
     train = data.train if data.steps_per_epoch else _loader(data.train, args.batch, True, args.workers, True)
     history = fit_dynamic(dyn, train, epochs=args.fit_epochs, lr=args.lr or 1e-3, backbone_lr=args.backbone_lr,
-                          teacher=wl.model, steps_per_epoch=data.steps_per_epoch, batch=args.batch, seed=args.seed)
+                          teacher=wl.model, steps_per_epoch=data.steps_per_epoch, batch=args.batch, seed=args.seed,
+                          optimizer=args.optimizer, checkpoint_dir=_checkpoint_dir(args), resume=args.resume,
+                          **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}))
     result = measured(dataclasses.replace(wl, model=dyn), wl.model, dense, "tokens dynamic", evaluate, args)
     info = {"keep": args.keep, "stages": list(stages), "fit_epochs": args.fit_epochs, "steps": len(history),
             "lr": args.lr or 1e-3, "backbone_lr": args.backbone_lr, "data": data.info,
-            "last_loss": {k: round(float(v), 4) for k, v in history[-1].items()} if history else {}}
+            "last_loss": {k: round(float(v), 4) for k, v in history[-1].items()} if history else {},
+            # the share of patch tokens kept after each stage, over the last 50 steps, against its target
+            "kept_per_stage": [round(sum(h[f"kept{i + 1}"] for h in history[-50:]) / max(1, len(history[-50:])), 4)
+                               for i in range(len(stages))] if history else [],
+            "kept_targets": [round(t, 4) for t in dyn.keep_targets()]}
     result["dynamic"] = info
     prunekit.save(dyn, args.out, meta={**origin_meta(wl), "dynamic": info})
     result["out"] = args.out

@@ -8,7 +8,8 @@ The objective of DynamicViT (Rao et al., NeurIPS 2021), with the dense model as 
 - ``tokens``: mean squared error between the student's and the teacher's final tokens, on the
   patch tokens the student still keeps (what is kept must still say what the dense model says);
 - ``ratio``: after each stage, the squared gap between the share of tokens kept and its target
-  ``keep**s``, so the scorers learn to keep the share that inference will keep.
+  ``keep**s``, so the scorers learn to keep the share that inference will keep. The parts report
+  the share kept after each stage (``kept1``, ``kept2``, ...) and after the last (``kept``).
 
 The backbone is fine-tuned too, at a lower learning rate (``backbone_lr``; 0 freezes it).
 
@@ -20,7 +21,7 @@ The backbone is fine-tuned too, at a lower learning rate (``backbone_lr``; 0 fre
 >>> batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,)))] * 2
 >>> loss, parts = dynamic_loss(dyn.train(), *batches[0], teacher=vit.eval())
 >>> sorted(parts)
-['ce', 'kept', 'kl', 'loss', 'ratio', 'tokens']
+['ce', 'kept', 'kept1', 'kl', 'loss', 'ratio', 'tokens']
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def dynamic_objective(outputs: tuple, y: torch.Tensor, x: torch.Tensor, teacher:
     tok = err.sum() / (final.sum() * tokens.shape[-1]).clamp_min(1.0)
     ratio = sum(((m.mean(1) - target) ** 2).mean() for m, target in zip(masks, targets, strict=True))
     loss = ce + weights["kl"] * kl + weights["tokens"] * tok + weights["ratio"] * ratio
+    kept = {f"kept{i + 1}": m.mean() for i, m in enumerate(masks)}
     parts = {k: float(v.detach()) for k, v in
-             {"loss": loss, "ce": ce, "kl": kl, "tokens": tok, "ratio": ratio, "kept": masks[-1].mean()}.items()}
+             {"loss": loss, "ce": ce, "kl": kl, "tokens": tok, "ratio": ratio, "kept": masks[-1].mean(),
+              **kept}.items()}
     return loss, parts

@@ -12,7 +12,7 @@ clipping, checkpoints and DDP (the model is wrapped so that DDP sees ``forward_w
 >>> batches = [(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,)))] * 2
 >>> hist = fit_dynamic(dyn, batches, epochs=1, progress=False)
 >>> len(hist), sorted(hist[-1])
-(2, ['ce', 'kept', 'kl', 'loss', 'ratio', 'tokens'])
+(2, ['ce', 'kept', 'kept1', 'kl', 'loss', 'ratio', 'tokens'])
 """
 from __future__ import annotations
 
@@ -64,8 +64,9 @@ def fit_dynamic(model: DynamicViT, batches: Any, *, epochs: float = 1, lr: float
 
     train_kw.setdefault("weight_decay", 0.05)
     train_kw.setdefault("clip_grad", None)
+    train_kw.setdefault("desc", "DynamicViT")
     try:
-        fit(_WithMasks(model), batches, epochs=epochs, lr=lr, loss=loss, progress=progress, desc="DynamicViT",
+        fit(_WithMasks(model), batches, epochs=epochs, lr=lr, loss=loss, progress=progress,
             lr_scales={"dyn.vit.": backbone_lr / lr if backbone_lr > 0 else 0.0}, **train_kw)
     finally:
         model.eval()
