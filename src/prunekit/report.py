@@ -17,13 +17,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from pathlib import Path
 
 __all__ = ["markdown_table", "html_report", "tradeoff_figure", "plot_tradeoff", "plot_layers", "pareto_front",
            "family_of", "write_report"]
 
 FAMILIES = ("structured", "sparsity", "during training", "drop blocks", "ToMe", "local merge", "token pruning")
-_STYLE = {f: (m, f"C{i}") for i, (f, m) in enumerate(zip(FAMILIES, "osDv^P*X", strict=False))}
+_STYLE = {f: (m, f"C{i}") for i, (f, m) in enumerate(zip(FAMILIES, "osDv^PX", strict=False))}
 
 
 def family_of(row: dict) -> str:
@@ -154,6 +155,9 @@ def _place(ax, xy: tuple[float, float], text: str, taken: list, renderer, **kw):
     return ann
 
 
+KEY_WIDTH = 52  # characters per line of the key beside each model's panels
+
+
 def tradeoff_figure(rows: list[dict]):
     """Small multiples, one row of panels per model: metric against MACs / dense, metric against the
     measured speed-up, and the key of the numbered points. One marker and colour per method family,
@@ -198,10 +202,13 @@ def tradeoff_figure(rows: list[dict]):
         ax_s.set_xlabel("measured speed-up over dense" + (" (throughput)" if speed_key == "throughput_speedup" else ""))
         ax_m.set_title(model, loc="left", fontsize=10, fontweight="bold")
         ax_k.axis("off")
-        for j, r in enumerate(pts):
+        y = 1.0
+        for j, r in enumerate(pts):  # wrapped, so a long method name stays inside the figure
             colour = _STYLE.get(family_of(r), ("x", "grey"))[1]
-            ax_k.text(0, 1 - j * 0.085, f"{j + 1}  {r['method']}"[:72], color=colour, fontsize=7.5, va="top",
+            lines = textwrap.wrap(f"{j + 1}  {r['method']}", KEY_WIDTH, subsequent_indent="    ")
+            ax_k.text(0, y, "\n".join(lines), color=colour, fontsize=7.5, va="top", linespacing=1.15,
                       transform=ax_k.transAxes)
+            y -= 0.07 * len(lines) + 0.02
     used = {family_of(r) for r in rows if r["method"] != "dense" and not r.get("error")}
     handles = [Line2D([], [], marker="*", color="black", ls="", ms=10, label="dense")]
     handles += [Line2D([], [], marker=m, color=c, ls="-", lw=1, label=f) for f, (m, c) in _STYLE.items() if f in used]
