@@ -34,6 +34,9 @@ def _round_trip(model, tmp_path, name="m"):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_zoo_model_round_trips_exactly(name, tmp_path):
+    from prunekit.zoo import entry, read_manifest
+    if entry(name).builder is not None and name not in read_manifest():
+        pytest.skip(f"no shipped checkpoint for {name} yet (prunekit zoo train {name})")
     wl = load(name)
     back = _round_trip(wl.model, tmp_path)
     _same_outputs(wl.model, back, wl.example_inputs)

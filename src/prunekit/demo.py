@@ -33,6 +33,8 @@ __all__ = ["Step", "STEPS", "run_demo", "vision_calib"]
 
 # samples per model for the task metric in the demo (the benchmarks use the full splits): each ZooEntry's demo_limit
 LIMITS = {name: e.demo_limit for name, e in ENTRIES.items()}
+# the models the demo measures; a variant (a compressed form of one of them, e.g. fmnist-vit-dynamic) is a row
+DEMO_MODELS = tuple(name for name in NAMES if ENTRIES[name].variant_of is None)
 
 
 def vision_calib(n: int = 256, batch: int = 64) -> list[tuple[torch.Tensor]]:
@@ -58,6 +60,7 @@ class Step:
     method: str
     apply: Callable[[torch.nn.Module, Workload], torch.nn.Module]
     family: str = ""
+    needs: str = ""  # a zoo variant the step loads: the step runs only where its checkpoint is shipped
 
     def __post_init__(self):
         if not self.family:
@@ -148,6 +151,13 @@ def _merge_local(windows: int = 0, tubes: int = 0, r=0):
     return apply
 
 
+def _variant(name: str):
+    """A shipped zoo variant of the row's model (e.g. the trained DynamicViT), measured against that model."""
+    def apply(m, wl):
+        return load(name).model
+    return apply
+
+
 def _decreasing(r: int):
     from prunekit.tokens import decreasing
     return decreasing(r)
@@ -167,6 +177,8 @@ STEPS: tuple[Step, ...] = (
     Step("fmnist-vit", "sparsity 50% magnitude", _sparsify(0.5)),
     Step("fmnist-vit", "drop 2 of 12 blocks", _drop(2)),
     Step("fmnist-vit", "ToMe r=8", _merge(8)),
+    Step("fmnist-vit", "DynamicViT keep 0.7 at blocks 3/6/9 (shipped fmnist-vit-dynamic)",
+         _variant("fmnist-vit-dynamic"), needs="fmnist-vit-dynamic"),
     Step("mosaic-segvit", "ToMe r=12", _merge(12)),
     Step("mosaic-segvit", "local-then-global: 20 windows + ToMe decreasing r=10", _merge_local(20, r=_decreasing(10))),
     Step("motion-vivit", "ToMe r=12", _merge(12)),
@@ -188,12 +200,13 @@ def _row(step: Step | None, wl: Workload, model: torch.nn.Module, limit: int | N
             "layers": layer_widths(wl.model, model) if step else []}
 
 
-def run_demo(models: tuple[str, ...] = NAMES, methods: tuple[str, ...] | None = None,
+def run_demo(models: tuple[str, ...] = DEMO_MODELS, methods: tuple[str, ...] | None = None,
              limit: int | None = None, out_root: Path = Path("runs")) -> tuple[list[dict], Path]:
     """Run the demo; returns the rows and the path of the markdown report."""
     available = set(read_manifest()) | {"minilm"}
     todo = [m for m in models if m in available]
-    steps = [s for s in STEPS if s.model in todo and (methods is None or s.method in methods)]
+    steps = [s for s in STEPS if s.model in todo and (methods is None or s.method in methods)
+             and (not s.needs or s.needs in available)]
     rows: list[dict] = []
     bar = tqdm(total=len(todo) + len(steps), desc="demo", file=sys.stderr)
     t0 = time.time()

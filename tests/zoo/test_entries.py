@@ -20,8 +20,10 @@ from prunekit.zoo.entries import Ref, ZooLookupError
 from prunekit.zoo.registry import example_inputs
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "prunekit"
-METRIC_OF_TASK = {"classification": "top1", "video": "top1", "segmentation": "miou", "sentence-embedding": "fidelity"}
-OUT_SHAPE = {"classification": (8, 10), "video": (8, 10), "segmentation": (8, 11, 56, 56)}
+METRIC_OF_TASK = {"classification": "top1", "video": "top1", "segmentation": "miou", "sentence-embedding": "fidelity",
+                  "detection": "map"}
+OUT_SHAPE = {"classification": (8, 10), "video": (8, 10), "segmentation": (8, 11, 56, 56),
+             "detection": (8, 14, 28, 28)}  # detection: 10 class heat maps + w, h, dx, dy at stride 4
 BUILT = [name for name, e in ENTRIES.items() if e.builder is not None]
 
 
@@ -30,8 +32,9 @@ def test_docstring_examples_run():
     assert doctest.testmod(splits).failed == 0
 
 
-def test_the_zoo_has_its_five_models_in_order():
-    assert tuple(ENTRIES) == ("fmnist-resnet", "fmnist-vit", "mosaic-segvit", "motion-vivit", "minilm")
+def test_the_zoo_has_its_models_in_order():
+    assert tuple(ENTRIES) == ("fmnist-resnet", "fmnist-vit", "fmnist-vit-dynamic", "mosaic-segvit", "mosaic-det",
+                              "motion-vivit", "minilm")
     assert all(isinstance(e, ZooEntry) and e.name == name for name, e in ENTRIES.items())
 
 
@@ -48,6 +51,9 @@ def test_every_entry_is_complete_and_consistent(name):
     assert not e.new_heads or e.builder is not None
     assert 0 < e.demo_limit <= e.eval_samples
     assert (e.finetune_lr is None) == (e.finetune_weight_decay is None)
+    if e.variant_of is not None:  # a compressed form of another zoo model, of the same task
+        base = entry(e.variant_of)
+        assert base.variant_of is None and base.task == e.task and base.eval_data == e.eval_data
     if e.finetune_lr is not None:
         assert 0 < e.finetune_lr < 1e-2 and 0 < e.finetune_weight_decay < 1
 
@@ -77,6 +83,12 @@ def test_builder_runs_on_the_example_inputs(name):
 @pytest.mark.parametrize("name", BUILT)
 def test_eval_data_is_the_first_samples_of_the_split(name):
     e = entry(name)
+    if e.task == "detection":  # (x, boxes, classes, ignore): the classes are the labels
+        x, _, y, _ = e.eval_data(limit=5, n=e.eval_samples)
+        x3, _, y3, _ = e.eval_data(limit=3, n=e.eval_samples)
+        assert x.shape[0] == 5 and torch.equal(x3, x[:3]) and torch.equal(y3, y[:3])
+        assert int(y.max()) < 10 and int(y.min()) >= -1  # -1: padding rows
+        return
     x, y = e.eval_data(limit=5, n=e.eval_samples)
     assert x.shape[0] == y.shape[0] == 5 and x.dtype == torch.uint8
     assert 0 <= int(y.min()) and int(y.max()) < OUT_SHAPE[e.task][1]
@@ -131,10 +143,11 @@ def test_old_tables_are_views_of_the_entries():
     assert train._NEW_HEADS == {"mosaic-segvit": ("refine.",)}
     # the values the tables held before they became views
     assert TASKS == {"fmnist-resnet": "classification", "fmnist-vit": "classification",
-                     "mosaic-segvit": "segmentation", "motion-vivit": "video", "minilm": "sentence-embedding"}
+                     "fmnist-vit-dynamic": "classification", "mosaic-segvit": "segmentation",
+                     "mosaic-det": "detection", "motion-vivit": "video", "minilm": "sentence-embedding"}
     assert FINETUNE_LR == {"fmnist-resnet": 1e-3, "fmnist-vit": 3e-4}
-    assert LIMITS == {"fmnist-resnet": 2000, "fmnist-vit": 1000, "mosaic-segvit": 300, "motion-vivit": 300,
-                      "minilm": 300}
+    assert LIMITS == {"fmnist-resnet": 2000, "fmnist-vit": 1000, "fmnist-vit-dynamic": 1000, "mosaic-segvit": 300,
+                      "mosaic-det": 300, "motion-vivit": 300, "minilm": 300}
     assert registry.EVAL_SAMPLES["mosaic-segvit"] == registry.EVAL_SAMPLES["motion-vivit"] == 2000
     assert sorted(train.RECIPES) == sorted(BUILT) and sorted(train.MORE) == ["fmnist-vit", "mosaic-segvit",
                                                                              "motion-vivit"]

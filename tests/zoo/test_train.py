@@ -255,3 +255,23 @@ def test_stream_batches_are_rendered_on_cuda_with_aligned_labels():
     assert xb.is_cuda and yb.is_cuda and xb.shape == (64, 1, 56, 56) and yb.dtype == torch.int64
     level = normalize(torch.tensor(SILHOUETTE_LEVEL, dtype=torch.uint8)).item()
     assert bool((xb[:, 0][yb > 0] > level).all())
+
+
+def test_quick_detection_recipe_trains_and_scores_coco_map(tmp_path, monkeypatch):
+    """mosaic-det's recipe end to end on a tiny run: flipped batches keep their boxes, the CenterNet loss
+    trains, and the model is scored by pycocotools' mAP on the eval split."""
+    pytest.importorskip("pycocotools")
+    import torch
+
+    from prunekit.data import load_det_mosaic
+    from prunekit.zoo.registry import evaluate_model
+    from prunekit.zoo.train_det import det_batches, recipe_det
+    monkeypatch.setenv("PRUNEKIT_TRAIN_DIR", str(tmp_path))
+    x, boxes, classes, _ = load_det_mosaic("train", n=8)
+    xb, bb, cb = next(det_batches(x, boxes, classes, 8, True)(torch.Generator().manual_seed(0)))
+    real = cb >= 0
+    assert (bb[real][:, 0] < bb[real][:, 2]).all() and (bb[real] >= 0).all() and (bb[real] <= 112).all()
+    model, route = recipe_det(0, quick=True, epochs=0.25, samples=128)
+    assert "DetViT from scratch" in route and any(tmp_path.iterdir())
+    m = evaluate_model("mosaic-det", model, limit=16)
+    assert set(m) == {"map", "map50", "map75", "map_small", "map_medium", "map_large"} and 0 <= m["map"] <= 1

@@ -16,7 +16,7 @@ SHORTFALLS = {
                      "training mosaics, 0.596 on test), so GPU epochs on many more mosaics are the next step",
 }
 OUT_SHAPE = {"fmnist-resnet": (8, 10), "fmnist-vit": (8, 10), "mosaic-segvit": (8, 11, 56, 56),
-             "motion-vivit": (8, 10)}
+             "motion-vivit": (8, 10), "fmnist-vit-dynamic": (8, 10)}
 
 
 def _entry(name):
@@ -65,6 +65,26 @@ def test_vits_see_196_patch_tokens():
         assert enc.patch_embed.num_patches == 196
         assert len(enc.blocks) >= 8
     assert len(build("fmnist-vit").blocks) == 12
+
+
+def test_the_zoo_dynamic_vit_runs_the_gathered_path_of_fmnist_vit():
+    """fmnist-vit-dynamic is fmnist-vit's architecture plus scorers; in eval mode blocks 3-11 really see
+    fewer tokens (0.7, 0.49, 0.343 of 196), so its MACs are those of the smaller blocks."""
+    from prunekit.measure import count_macs
+    from prunekit.tokens import DynamicViT
+    from prunekit.zoo import build
+    m = build("fmnist-vit-dynamic").eval()
+    assert isinstance(m, DynamicViT) and m.stages == (3, 6, 9) and m.keep == 0.7
+    assert m.token_counts() == [196] * 3 + [137] * 3 + [96] * 3 + [67] * 3
+    dense = build("fmnist-vit").eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert count_macs(m, (x,)) < 0.7 * count_macs(dense, (x,))
+    _entry("fmnist-vit-dynamic")
+    wl = load("fmnist-vit-dynamic")
+    assert isinstance(wl.model, DynamicViT) and not wl.model.training
+    for field in ("seed", "command", "route"):
+        assert field in wl.info
+    assert "keep 0.7" in wl.info["route"]
 
 
 def test_unknown_name_is_a_clear_error():

@@ -15,10 +15,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from prunekit.demo import run_demo
+    from prunekit.demo import DEMO_MODELS, run_demo
     from prunekit.report import markdown_table
-    from prunekit.zoo import NAMES
-    rows, report = run_demo(tuple(args.models or NAMES), limit=args.limit, out_root=Path(args.out))
+    rows, report = run_demo(tuple(args.models or DEMO_MODELS), limit=args.limit, out_root=Path(args.out))
     if args.json:
         import json
 

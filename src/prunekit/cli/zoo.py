@@ -52,7 +52,9 @@ def _flag(key: str, value) -> str:
 
 def run_list(args) -> int:
     manifest = read_manifest()
-    metrics = {name: manifest.get(name, {}).get("metric", {"reference": "pretrained weights"}) for name in NAMES}
+    metrics = {name: manifest.get(name, {}).get("metric") or (
+        {"reference": "pretrained weights"} if entry(name).pretrained else
+        {"reference": f"no checkpoint shipped (prunekit zoo train {name})"}) for name in NAMES}
     if getattr(args, "json", False):
         print(json.dumps({"models": metrics}, sort_keys=True))
         return 0

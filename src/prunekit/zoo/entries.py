@@ -68,6 +68,8 @@ class ZooEntry:
     added after its checkpoint shipped. ``calibration(n)``: calibration batches from a split disjoint
     from the eval one (``None``: use the example inputs). ``finetune_lr`` / ``finetune_weight_decay``:
     the built-in recovery fine-tune (``None``: there is none). ``demo_limit``: eval samples in the demo.
+    ``variant_of``: the zoo model this one is a compressed form of (the demo shows it as a row of that
+    model, measured against it, not as a model of its own).
     """
 
     name: str
@@ -85,6 +87,7 @@ class ZooEntry:
     calibration: Callable[..., list] | None = None
     finetune_lr: float | None = None
     finetune_weight_decay: float | None = None
+    variant_of: str | None = None
 
     def __post_init__(self) -> None:
         if (self.builder is None) == (self.pretrained is None):
@@ -115,10 +118,16 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in (
     ZooEntry("fmnist-vit", "classification", "top1", **_FMNIST, demo_limit=1000,
              builder=Ref("prunekit.zoo.models:build_vit"), recipe=Ref("prunekit.zoo.train:recipe_vit"),
              more=Ref("prunekit.zoo.train:more_vit"), finetune_lr=3e-4, finetune_weight_decay=0.05),
+    ZooEntry("fmnist-vit-dynamic", "classification", "top1", **_FMNIST, demo_limit=1000,
+             builder=Ref("prunekit.zoo.train_dynamic:build_vit_dynamic"),
+             recipe=Ref("prunekit.zoo.train_dynamic:recipe_vit_dynamic"), variant_of="fmnist-vit"),
     ZooEntry("mosaic-segvit", "segmentation", "miou", eval_data=Ref("prunekit.zoo.splits:mosaic_test"),
              eval_samples=2000, score=Ref("prunekit.zoo.registry:score_miou"), demo_limit=300,
              builder=Ref("prunekit.zoo.models:build_segvit"), recipe=Ref("prunekit.zoo.train:recipe_segvit"),
              more=Ref("prunekit.zoo.train:more_segvit"), new_heads=("refine.",)),
+    ZooEntry("mosaic-det", "detection", "map", eval_data=Ref("prunekit.zoo.splits:det_test"), eval_samples=2000,
+             score=Ref("prunekit.zoo.registry:score_map"), demo_limit=300,
+             builder=Ref("prunekit.zoo.detvit:build_detvit"), recipe=Ref("prunekit.zoo.train_det:recipe_det")),
     ZooEntry("motion-vivit", "video", "top1", eval_data=Ref("prunekit.zoo.splits:motion_test"),
              eval_samples=2000, score=Ref("prunekit.zoo.registry:score_top1"), demo_limit=300,
              builder=Ref("prunekit.zoo.models:build_vivit"), recipe=Ref("prunekit.zoo.train:recipe_vivit"),

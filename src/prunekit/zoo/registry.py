@@ -22,7 +22,7 @@ from prunekit.data import normalize
 from prunekit.zoo.entries import ENTRIES, entry
 from prunekit.zoo.store import load_state, read_manifest
 
-__all__ = ["Workload", "load", "evaluate_model", "example_inputs", "score_top1", "score_miou", "miou_of",
+__all__ = ["Workload", "load", "evaluate_model", "example_inputs", "score_top1", "score_miou", "score_map", "miou_of",
            "boundary_band", "boundary_miou", "NAMES", "TASKS", "EVAL_SAMPLES"]
 
 TASKS = {name: e.task for name, e in ENTRIES.items()}
@@ -126,6 +126,25 @@ def score_miou(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dic
     return {"miou": round(miou(model, *data), 4)}
 
 
+def score_map(model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 100) -> dict:
+    """COCO box mAP (pycocotools; :mod:`prunekit.zoo.coco_map`) of a CenterNet-style detector on raw
+    eval ``data`` ``(x, boxes, classes, ignore)``: ``map`` (@[.5:.95]), ``map50``, ``map75`` and the
+    small / medium / large split, to 4 places."""
+    from prunekit.data.detection import det_targets
+    from prunekit.zoo.coco_map import coco_map
+    from prunekit.zoo.detvit import decode
+    x, boxes, classes, ignore = data
+    was = model.training
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device  # the eval data goes where the model is
+    dets = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            dets += [{k: v.cpu() for k, v in d.items()} for d in decode(model(normalize(x[i:i + batch]).to(device)))]
+    model.train(was)
+    return coco_map(dets, det_targets(boxes, classes, ignore), size=x.shape[-1])
+
+
 def _eval_data(name: str, limit: int | None):
     """The first ``limit`` eval samples of zoo model ``name`` (all without): ``(x, y)``, or sentences for minilm."""
     e = entry(name)
@@ -143,7 +162,7 @@ def evaluate_model(name: str, model: nn.Module, limit: int | None = None) -> dic
 
 def example_inputs(name: str) -> tuple[torch.Tensor]:
     """The example batch of vision zoo model ``name``: its first 8 eval samples, normalised, as a 1-tuple."""
-    x, _ = _eval_data(name, EXAMPLE_BATCH)
+    x = _eval_data(name, EXAMPLE_BATCH)[0]
     return (normalize(x),)
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from prunekit.data import load_fashion_mnist, load_mosaic, load_motion, normalize
+from prunekit.data import load_det_mosaic, load_fashion_mnist, load_mosaic, load_motion, normalize
 
-__all__ = ["fmnist_test", "mosaic_test", "motion_test", "fmnist_calibration"]
+__all__ = ["fmnist_test", "mosaic_test", "det_test", "motion_test", "fmnist_calibration"]
 
 
 def _count(limit: int | None, n: int) -> int:
@@ -34,6 +34,12 @@ def fmnist_test(limit: int | None = None, n: int = 10000) -> tuple[torch.Tensor,
 def mosaic_test(limit: int | None = None, n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
     """Test mosaics ``(N, 1, 56, 56)`` and their label maps ``(N, 56, 56)``: mosaic-segvit's eval split."""
     return load_mosaic("test", n=_count(limit, n))
+
+
+def det_test(limit: int | None = None, n: int = 2000) -> tuple[torch.Tensor, ...]:
+    """Test detection mosaics ``(N, 1, 112, 112)`` with their padded boxes, classes and ignore flags:
+    mosaic-det's eval split (:func:`prunekit.data.load_det_mosaic`)."""
+    return load_det_mosaic("test", n=_count(limit, n))
 
 
 def motion_test(limit: int | None = None, n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -49,3 +50,9 @@ def load_state(name: str) -> dict:
     if sha256(path) != entry["sha256"]:
         raise ValueError(f"{path}: sha256 does not match the manifest; the checkpoint is corrupt or stale")
     return load_file(str(path))
+
+
+def train_dir(run: str) -> Path:
+    """Where a zoo recipe keeps the checkpoints of run ``run`` (to resume a stopped run):
+    ``$PRUNEKIT_TRAIN_DIR/run``, by default under ``runs/zoo-train`` of the working directory."""
+    return Path(os.environ.get("PRUNEKIT_TRAIN_DIR", "runs/zoo-train")) / run

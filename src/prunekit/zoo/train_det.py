@@ -1,0 +1,71 @@
+"""The recipe of ``mosaic-det``: DetViT trained from scratch on generated detection mosaics.
+
+:func:`recipe_det` draws ``samples`` training mosaics (:func:`prunekit.data.load_det_mosaic`, the
+train split's garments; the test split's mosaics use the test garments, so no item is shared),
+flips half of each batch horizontally (boxes flipped with them), and trains with
+:func:`prunekit.train.fit` on :func:`prunekit.zoo.detvit.centernet_loss` (AdamW, warm-up and
+cosine, clipping at 1). It needs hours of CPU; on a GPU pass ``device``. Checkpoints go under
+``$PRUNEKIT_TRAIN_DIR`` (default ``runs/zoo-train``) every 200 steps, and a stopped run continues
+from the newest one when started again with the same seed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.data import load_det_mosaic, normalize
+from prunekit.data.detection import DET_CANVAS
+from prunekit.zoo.detvit import build_detvit, centernet_loss, centernet_targets
+from prunekit.zoo.store import train_dir
+
+__all__ = ["recipe_det", "det_batches", "det_loss", "EPOCHS", "SAMPLES"]
+
+EPOCHS, SAMPLES, BATCH, LR = 30.0, 40000, 64, 1e-3
+
+
+def det_batches(x: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, batch: int, augment: bool):
+    """Shuffled ``(images, boxes, classes)`` batches; ``augment`` flips a random half horizontally."""
+    def batches(g: torch.Generator):
+        order = torch.randperm(x.shape[0], generator=g)
+        for i in range(0, len(order) - batch + 1, batch):
+            idx = order[i:i + batch]
+            xb, bb = normalize(x[idx]), boxes[idx].clone()
+            if augment:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                xb[flip] = xb[flip].flip(-1)
+                w = xb.shape[-1]
+                x0 = bb[flip][..., 0].clone()
+                bb[flip, :, 0] = w - bb[flip][..., 2]
+                bb[flip, :, 2] = w - x0
+            yield xb, bb, classes[idx]
+    return batches
+
+
+def det_loss(model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The CenterNet loss of ``model`` on one ``(images, boxes, classes)`` batch (padding rows: class -1)."""
+    x, boxes, classes = batch
+    targets = [{"boxes": b[c >= 0].cpu(), "labels": c[c >= 0].cpu()} for b, c in zip(boxes, classes, strict=True)]
+    heat, box, mask = (t.to(x.device) for t in centernet_targets(targets, x.shape[-1]))
+    return centernet_loss(model(x), heat, box, mask)
+
+
+def recipe_det(seed: int, quick: bool, epochs: float | None = None, samples: int | None = None,
+               device: str | None = None) -> tuple[nn.Module, str]:
+    """Train DetViT for ``epochs`` over ``samples`` training mosaics; returns it and its route."""
+    from prunekit.train import fit
+    from prunekit.train.checkpoint import latest
+    epochs = epochs if epochs is not None else (0.05 if quick else EPOCHS)
+    samples = samples or (512 if quick else SAMPLES)
+    x, boxes, classes, _ = load_det_mosaic("train", n=samples, seed=seed)
+    model = build_detvit()
+    folder = train_dir(f"mosaic-det-seed{seed}{'-quick' if quick else ''}")
+    resumed = latest(folder) is not None
+    fit(model, det_batches(x, boxes, classes, BATCH, True), epochs=epochs, lr=LR, loss=det_loss,
+        steps_per_epoch=samples // BATCH, seed=seed, weight_decay=0.05, desc="mosaic-det", device=device,
+        checkpoint_dir=str(folder), checkpoint_every=200, resume=resumed, channels_last=False)
+    model.cpu()
+    route = (f"DetViT from scratch: {epochs:g} epochs on {samples} generated {DET_CANVAS} px detection mosaics "
+             f"(train-split garments, horizontal flip), batch {BATCH}, AdamW lr {LR:g} with warm-up + cosine, "
+             "CenterNet focal + 0.1 size L1 + offset L1" + (f", on {device}" if device else "")
+             + ("; resumed from a checkpoint of a stopped run" if resumed else ""))
+    return model, route
