@@ -70,3 +70,29 @@ def test_nothing_to_pad_and_a_bad_multiple():
     assert pad_channels(net, (torch.randn(1, 3, 8, 8),))["padded_groups"] == 0
     with pytest.raises(PruningError, match="at least 2"):
         pad_channels(net, (torch.randn(1, 3, 8, 8),), multiple=1)
+
+
+class DividesByAScale(nn.Module):
+    """A learned per-channel divisor (as a weight-normalised layer has): a zero-padded one gives 0/0."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 5, 3), nn.Conv2d(5, 4, 3)
+        self.scale = nn.Parameter(torch.rand(5) + 0.5)
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x) / self.scale.view(1, -1, 1, 1))
+
+
+def test_padding_that_makes_nan_is_refused_and_export_falls_back_to_the_free_widths(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from prunekit.export import export_onnx
+    torch.manual_seed(0)
+    model = DividesByAScale().eval()
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.raises(PruningError, match="padding changed the outputs by inf"):
+        pad_channels(model, (x,))
+    assert model.conv1.out_channels == 5
+    res = export_onnx(model, (x,), tmp_path / "m.onnx")
+    assert res["padded"]["padded_groups"] == 0 and "inf" in res["padded"]["refused"]
+    assert res["max_abs_diff"] <= res["tolerance"] and "round_to=8" in res["hints"][0]

@@ -9,7 +9,9 @@ constant, after an activation such as sigmoid) and every layer that reads it has
 it, so the outputs are those of the unpadded model up to float reassociation. Groups that
 something else reads (a LayerNorm or GroupNorm over channels, a reshape into heads) would change
 the result: groups holding a LayerNorm or GroupNorm are left alone, and :func:`pad_channels` checks
-the outputs and restores the model if they still differ.
+the outputs on the example inputs (a NaN fails the check) and restores the model if they differ.
+The check sees only those inputs: an op that reads the channels without weights in a way that
+rarely changes the result (a min or max over channels) is not caught by it.
 
 >>> import torch
 >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5), torch.nn.ReLU(),
@@ -120,7 +122,8 @@ def pad_channels(model: nn.Module, example_inputs: Any, multiple: int = 8, *, on
             if r.shape != o.shape:
                 raise PruningError(type(model).__name__, "pad channels",
                                    f"output shape {tuple(o.shape)} after padding, {tuple(r.shape)} before")
-            diff = max(diff, float((r.float() - o.float()).abs().max()))
+            # a NaN (a zero-padded divisor, e.g. weight norm's |v|) must fail the check, not vanish in max()
+            diff = max(diff, float(torch.nan_to_num((r.float() - o.float()).abs(), nan=float("inf")).max()))
             scale = max(scale, float(r.float().abs().max()))
         if not diff <= 1e-4 * (1 + scale):
             raise PruningError(type(model).__name__, "pad channels", f"padding changed the outputs by {diff:.3g} "
