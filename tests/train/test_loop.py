@@ -171,3 +171,15 @@ def test_a_nan_loss_stops_with_the_step_named():
     x, y = _data()
     with pytest.raises(PruningError, match="step 0"):
         fit(_net(), [(x * float("nan"), y)], progress=False)
+
+
+def test_adopt_keeps_the_callers_module_objects_and_their_hooks():
+    from prunekit.train.checkpoint import adopt
+    mine = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    saved = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    inner, calls = mine[0], []
+    inner.register_forward_hook(lambda m, i, o: calls.append(1))
+    adopt(mine, saved)
+    assert mine[0] is inner and torch.equal(inner.weight, saved[0].weight)
+    mine(torch.randn(1, 3))
+    assert calls == [1]

@@ -81,7 +81,8 @@ def adopt(dst: torch.nn.Module, src: torch.nn.Module) -> None:
     """Make ``dst`` what ``src`` is (parameters, buffers, attributes, sub-modules) while keeping the
     identity of every sub-module object ``dst`` already has where ``src`` has one of the same class at
     the same place: a caller holding an inner module (the DynamicViT inside a training wrapper) sees
-    the restored weights. Sub-modules that only ``src`` has (added or replaced in training) are taken.
+    the restored weights, and the hooks it put on them stay. Sub-modules that only ``src`` has (added or
+    replaced in training) are taken.
 
     >>> a, b = torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.Sequential(torch.nn.Linear(2, 3))
     >>> inner = a[0]
@@ -94,7 +95,9 @@ def adopt(dst: torch.nn.Module, src: torch.nn.Module) -> None:
         if child is not None and mine is not None and type(mine) is type(child) and mine is not child:
             adopt(mine, child)
             src._modules[name] = mine
+    hooks = {k: v for k, v in dst.__dict__.items() if "hook" in k}  # the caller's hooks stay on its modules
     dst.__dict__.update(src.__dict__)
+    dst.__dict__.update(hooks)
 
 
 def restore(trainer, folder: str | Path | None) -> int:
