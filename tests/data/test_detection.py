@@ -41,7 +41,7 @@ def test_boxes_cover_the_visible_silhouettes_and_stay_on_the_canvas():
         assert covered[x[0] > 90].all()  # every garment pixel is in some box
 
 
-def test_a_mostly_hidden_item_is_ignored_and_a_wholly_hidden_one_dropped():
+def test_mostly_hidden_items_are_ignored_and_only_real_rows_are_flagged():
     items, labels = _pool()
     seen = {"ignored": 0, "kept": 0}
     for idx in range(200):

@@ -268,9 +268,15 @@ def test_quick_detection_recipe_trains_and_scores_coco_map(tmp_path, monkeypatch
     from prunekit.zoo.train_det import det_batches, recipe_det
     monkeypatch.setenv("PRUNEKIT_TRAIN_DIR", str(tmp_path))
     x, boxes, classes, _ = load_det_mosaic("train", n=8)
-    xb, bb, cb = next(det_batches(x, boxes, classes, 8, True)(torch.Generator().manual_seed(0)))
-    real = cb >= 0
-    assert (bb[real][:, 0] < bb[real][:, 2]).all() and (bb[real] >= 0).all() and (bb[real] <= 112).all()
+    g = torch.Generator().manual_seed(0)
+    plain = next(det_batches(x, boxes, classes, 8, False)(torch.Generator().manual_seed(0)))
+    xb, bb, cb = next(det_batches(x, boxes, classes, 8, True)(g))
+    flipped = [i for i in range(8) if not torch.equal(xb[i], plain[0][i])]
+    assert flipped and all(torch.equal(xb[i], plain[0][i].flip(-1)) for i in flipped)
+    for i in flipped:  # each flipped box is the mirror image of the unflipped one
+        real = cb[i] >= 0
+        assert torch.equal(bb[i][real][:, [0, 2]], 112 - plain[1][i][real][:, [2, 0]])
+        assert torch.equal(bb[i][real][:, [1, 3]], plain[1][i][real][:, [1, 3]])
     model, route = recipe_det(0, quick=True, epochs=0.25, samples=128)
     assert "DetViT from scratch" in route and any(tmp_path.iterdir())
     m = evaluate_model("mosaic-det", model, limit=16)

@@ -44,7 +44,8 @@ def coco_map(detections: list[dict], targets: list[dict], size: int,
     ``detections``: per image ``{"boxes" (N, 4) xyxy px, "scores" (N,), "labels" (N,)}``;
     ``targets``: per image ``{"boxes" (K, 4), "labels" (K,)}`` and optionally ``"ignore"`` (K,) bool.
     ``size``: the image side in px (for the area split). A size class with no object scores -1, as
-    in pycocotools.
+    in pycocotools; with no detections at all every key is 0.0. Ignored targets are pycocotools'
+    ``iscrowd`` boxes, which forgive any same-class detection mostly inside them.
     """
     try:
         from pycocotools.coco import COCO

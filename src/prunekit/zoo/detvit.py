@@ -128,6 +128,7 @@ def decode(out: torch.Tensor, k: int = 100, num_classes: int = NUM_CLASSES) -> l
     pred = out[:, num_classes:].float().flatten(2)  # (B, 4, S*S)
     take = cell[:, None, :].expand(-1, 4, -1)
     w, h, ox, oy = pred.gather(2, take).unbind(1)
+    w, h = w.clamp_min(0), h.clamp_min(0)  # sizes are supervised only at centres: never a negative box
     cx, cy = ix + ox, iy + oy
     boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * STRIDE
     return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in range(b)]

@@ -4,7 +4,8 @@
 train split's garments; the test split's mosaics use the test garments, so no item is shared),
 flips half of each batch horizontally (boxes flipped with them), and trains with
 :func:`prunekit.train.fit` on :func:`prunekit.zoo.detvit.centernet_loss` (AdamW, warm-up and
-cosine, clipping at 1). It needs hours of CPU; on a GPU pass ``device``. Checkpoints go under
+cosine, clipping at 1). Items the metric ignores (under 30% visible) are trained as ordinary
+positives. It needs hours of CPU; on a GPU pass ``device``. Checkpoints go under
 ``$PRUNEKIT_TRAIN_DIR`` (default ``runs/zoo-train``) every 200 steps, and a stopped run continues
 from the newest one when started again with the same seed.
 """
@@ -58,7 +59,8 @@ def recipe_det(seed: int, quick: bool, epochs: float | None = None, samples: int
     samples = samples or (512 if quick else SAMPLES)
     x, boxes, classes, _ = load_det_mosaic("train", n=samples, seed=seed)
     model = build_detvit()
-    folder = train_dir(f"mosaic-det-seed{seed}{'-quick' if quick else ''}")
+    # keyed by every setting: a changed run starts afresh instead of resuming another's schedule
+    folder = train_dir(f"mosaic-det-seed{seed}-e{epochs:g}-n{samples}{'-quick' if quick else ''}")
     resumed = latest(folder) is not None
     fit(model, det_batches(x, boxes, classes, BATCH, True), epochs=epochs, lr=LR, loss=det_loss,
         steps_per_epoch=samples // BATCH, seed=seed, weight_decay=0.05, desc="mosaic-det", device=device,

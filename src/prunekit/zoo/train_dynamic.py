@@ -41,13 +41,16 @@ def recipe_vit_dynamic(seed: int, quick: bool, epochs: float | None = None) -> t
     model = DynamicViT(models.build_vit(2), stages=STAGES, keep=KEEP)
     model.vit.load_state_dict(dense.state_dict())
     x, y = _fmnist(1024 if quick else None)
-    folder = train_dir(f"fmnist-vit-dynamic-seed{seed}{'-quick' if quick else ''}")
+    # keyed by every setting: a changed run starts afresh instead of resuming another's schedule
+    folder = train_dir(f"fmnist-vit-dynamic-seed{seed}-e{epochs:g}{'-quick' if quick else ''}")
     resumed = latest(folder) is not None
     history = fit_dynamic(model, _loader(x, y, BATCH, True), epochs=epochs, lr=LR, backbone_lr=BACKBONE_LR,
                           teacher=dense, steps_per_epoch=x.shape[0] // BATCH, seed=seed, checkpoint_dir=str(folder),
                           checkpoint_every=CHECKPOINT_EVERY, resume=resumed, desc="fmnist-vit-dynamic")
     tail = history[-100:]
-    kept = [round(sum(h[f"kept{i + 1}"] for h in tail) / max(1, len(tail)), 3) for i in range(len(STAGES))]
+    if not tail:
+        raise ValueError(f"{folder} holds a finished run of these settings; remove it to train again")
+    kept = [round(sum(h[f"kept{i + 1}"] for h in tail) / len(tail), 3) for i in range(len(STAGES))]
     targets = [round(t, 3) for t in model.keep_targets()]
     route = (f"the shipped fmnist-vit wrapped in DynamicViT (scorers before blocks {', '.join(map(str, STAGES))}, "
              f"keep {KEEP}); {epochs:g} epochs on {x.shape[0]} images (shift+flip, batch {BATCH}), scorers at lr "
