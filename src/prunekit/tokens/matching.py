@@ -39,6 +39,7 @@ __all__ = ["Matching", "bipartite_soft_matching", "merge_wavg", "merge_positions
 _PAD_PAIR_SCORE = 2.0      # above any cosine similarity: padding merges with padding first
 _PAD_INTO_REAL_SCORE = -2.0  # below any cosine: only when r leaves no other choice (size-0, no effect)
 _REAL_INTO_PAD_SCORE = -3.0
+_CROSS_REGION_SCORE = -4.0   # below everything: tokens of two regions merge only when r leaves no other pair
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,14 @@ def identity_matching() -> Matching:
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int, *, num_protected: int = 0,
-                            valid: torch.Tensor | None = None) -> Matching:
+                            valid: torch.Tensor | None = None, regions: torch.Tensor | None = None) -> Matching:
     """Match the ``r`` most similar (A, B) pairs of the alternating sets of ``metric`` ``(B, N, C)``.
 
     ``num_protected`` leading tokens are never merged. ``valid`` ``(B, N)`` bool marks real tokens;
-    padding is paired with padding first and never averaged into a real token. ``r`` is clipped to
-    half the unprotected tokens.
+    padding is paired with padding first and never averaged into a real token. ``regions`` ``(B, N)``:
+    an id per token; pairs from different regions rank below every same-region pair (a shifted Swin
+    window holds up to four image regions that must not mix). ``r`` is clipped to half the
+    unprotected tokens.
 
     >>> import torch
     >>> keys = torch.tensor([[[1., 0.], [1., 0.], [0., 1.], [0., 1.]]])
@@ -90,6 +93,10 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, *, num_protected: int 
             scores = torch.where(va & vb, scores, scores.new_tensor(_REAL_INTO_PAD_SCORE))
             scores = torch.where(~va & ~vb, scores.new_tensor(_PAD_PAIR_SCORE), scores)
             scores = torch.where(~va & vb, scores.new_tensor(_PAD_INTO_REAL_SCORE), scores)
+        if regions is not None:
+            rbody = regions[:, p:]
+            same = rbody[:, ::2, None] == rbody[:, None, 1::2]
+            scores = torch.where(same, scores, scores.new_tensor(_CROSS_REGION_SCORE))
         node_max, node_idx = scores.max(dim=-1)
         edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
         unm_idx = edge_idx[:, r:].sort(dim=1).values  # unmerged A tokens, original order

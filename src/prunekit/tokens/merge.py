@@ -231,7 +231,8 @@ _PATCHED_CLASS = {nn.Sequential: TokenMergingSequential, nn.ModuleList: TokenMer
 
 def is_patched(model: nn.Module) -> bool:
     """Whether :func:`merge` (or :func:`prunekit.tokens.drop`) has patched ``model`` or a submodule."""
-    return any("_tome" in m.__dict__ for m in model.modules())
+    from prunekit.tokens.windowed import KEY
+    return any("_tome" in m.__dict__ or KEY in m.__dict__ for m in model.modules())
 
 
 def _patches(model: nn.Module) -> list[_Patch]:
@@ -245,14 +246,21 @@ def last_info(model: nn.Module) -> TokenInfo | None:
 
 
 def schedule_of(model: nn.Module) -> Schedule | None:
-    """The schedule a patched model uses (e.g. the one solved for ``target_macs``)."""
+    """The schedule a patched model uses (e.g. the one solved for ``target_macs``); for a windowed
+    backbone, the tokens merged per window in each block."""
     patches = _patches(model)
-    return patches[0].config.schedule if patches else None
+    if patches:
+        return patches[0].config.schedule
+    from prunekit.tokens.windowed import KEY
+    rs = [m.__dict__[KEY].r for m in model.modules() if KEY in m.__dict__]
+    return PerLayer(rs) if rs else None
 
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`merge` / :func:`prunekit.tokens.drop`: the model is exactly as before (same classes,
     no added attributes, identical outputs). A model that is not patched is returned unchanged."""
+    from prunekit.tokens.windowed import unpatch_windows
+    unpatch_windows(model)
     for patch in _patches(model):
         container = patch.target.container
         patch.adapter.uninstall(patch.target)
@@ -284,7 +292,10 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
     :func:`prunekit.tokens.merge_video`). Patching an already patched model replaces the old patch.
 
     Supported: timm ``VisionTransformer`` family, Hugging Face BERT-style encoders and ViT/DeiT,
-    ``nn.TransformerEncoder``. Unsupported layers raise ``NotImplementedError`` before anything changes.
+    ``nn.TransformerEncoder``; and windowed backbones (timm Swin v1, SAM-style ``VisionTransformerSAM``),
+    where ``r`` (an int or a per-block list) is the number of tokens merged in every attention window
+    and each block un-merges its windows again (:mod:`prunekit.tokens.windowed`). Unsupported layers
+    raise ``NotImplementedError`` before anything changes.
 
     >>> import torch
     >>> enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 3)
@@ -303,6 +314,11 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
         raise TypeError(f"saliency must be a prunekit.tokens.saliency.SaliencyMerge, got {type(saliency).__name__}")
     if local is not None and not isinstance(local, LocalMerge):
         raise TypeError(f"local must be a prunekit.tokens.LocalMerge, got {type(local).__name__}")
+    from prunekit.tokens import windowed
+    blocks = windowed.windowed_blocks(model)   # Swin / SAM: merged inside each attention window
+    if blocks:
+        return _merge_windowed(model, blocks, r, prop_attn, trace_source, target_macs, example_inputs, reducer,
+                               local, saliency)
     if local is not None:
         _check_local(model, local, as_schedule(r))  # before unpatching: a refused call keeps the old patch
     unpatch(model)
@@ -335,6 +351,58 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
         unpatch(model)
         raise
     return model
+
+
+def _merge_windowed(model: nn.Module, blocks: list, r: RSpec, prop_attn: bool, trace_source: bool,
+                    target_macs: float | None, example_inputs: Any, reducer: str, local: LocalMerge | None,
+                    saliency: SaliencyMerge | None) -> nn.Module:
+    """:func:`merge` on a windowed backbone: ``r`` tokens merged per attention window in every block
+    (:mod:`prunekit.tokens.windowed`); options that need one shrinking token sequence are refused."""
+    from prunekit.measure import count_macs
+    from prunekit.tokens import windowed
+    name, op = type(model).__name__, "merge tokens inside attention windows"
+    refused = [(local is not None, "a local stage (merge_dense): every merge here is already local to its window; "
+                                   "use merge(model, r=...)"),
+               (saliency is not None, "a saliency stage (merge_video)"),
+               (reducer != "merge", f"reducer={reducer!r} (top-k drop and EViT need a class token)"),
+               (trace_source, "trace_source=True (each block un-merges its windows, so no token map survives it)")]
+    for bad, what in refused:
+        if bad:
+            raise PruningError(name, op, f"{what} is not supported in windowed attention")
+    if target_macs is not None:
+        if example_inputs is None:
+            raise ValueError("target_macs needs example_inputs to count MACs on")
+        if not 0 < target_macs <= 1:
+            raise PruningError(name, op, f"target_macs must be in (0, 1], got {target_macs}")
+    else:
+        windowed.plan(blocks, r)   # checked before anything changes
+    unpatch(model)
+    if target_macs is None:
+        return windowed.merge_in_windows(model, blocks, r, prop_attn)
+    inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
+
+    def macs_at(value: int) -> int:
+        windowed.unpatch_windows(model)
+        windowed.merge_in_windows(model, blocks, value, prop_attn)
+        return count_macs(model, tuple(inputs))
+
+    try:
+        dense, lo = macs_at(0), 0
+        hi = max(windowed.window_tokens(b) for _, b, _ in blocks) // 2
+        floor = macs_at(hi)
+        if floor > target_macs * dense:
+            warnings.warn(f"target_macs={target_macs} is out of reach: merging half of every window keeps "
+                          f"{floor / dense:.3f} of the MACs", stacklevel=3)
+            lo = hi
+        while lo < hi:   # the smallest r per window whose MACs reach the target
+            mid = (lo + hi) // 2
+            if macs_at(mid) <= target_macs * dense:
+                hi = mid
+            else:
+                lo = mid + 1
+    finally:
+        windowed.unpatch_windows(model)
+    return windowed.merge_in_windows(model, blocks, lo, prop_attn)
 
 
 def _check_local(model: nn.Module, local: LocalMerge, schedule: Schedule) -> None:

@@ -1,0 +1,147 @@
+"""Token merging inside attention windows: timm Swin (v1) and SAM-style windowed ViTs."""
+import doctest
+
+import pytest
+import timm
+import torch
+
+import prunekit.tokens as tokens
+import prunekit.tokens.windowed as windowed
+from prunekit.errors import PruningError
+from prunekit.measure import count_macs
+from prunekit.tokens.matching import bipartite_soft_matching
+
+
+def swin(img: int = 112) -> torch.nn.Module:
+    """Two stages (the second after patch merging), shifted windows of 7x7 in every second block."""
+    torch.manual_seed(0)
+    return timm.create_model("swin_tiny_patch4_window7_224", img_size=img, depths=(2, 2), num_heads=(3, 6),
+                             embed_dim=48, num_classes=10).eval()
+
+
+def sam(window: int = 3, img: int = 128) -> torch.nn.Module:
+    """8x8 patch grid; 3x3 windows (the grid is padded to 9x9) in blocks 0 and 2, global attention in 1 and 3."""
+    torch.manual_seed(0)
+    m = timm.create_model("samvit_base_patch16", img_size=img, depth=4, embed_dim=96, num_heads=3,
+                          window_size=window, global_attn_indexes=(1, 3), use_rel_pos=True, num_classes=0,
+                          global_pool=None).eval()
+    with torch.no_grad():   # relative position tables start at zero: give them values so they matter
+        for name, p in m.named_parameters():
+            if "rel_pos" in name:
+                p.normal_(0, 0.5)
+    return m
+
+
+X_SWIN = torch.randn(2, 3, 112, 112)
+X_SAM = torch.randn(2, 3, 128, 128)
+FAMILIES = [(swin, X_SWIN), (sam, X_SAM)]
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(windowed).failed == 0
+
+
+@pytest.mark.parametrize("build,x", FAMILIES, ids=["swin", "sam"])
+@torch.no_grad()
+def test_r0_is_the_dense_model_and_unpatch_restores_it_exactly(build, x):
+    model = build()
+    dense = model(x)
+    classes = [type(m) for m in model.modules()]
+    attrs = [set(m.__dict__) for m in model.modules()]
+    tokens.merge(model, r=0)
+    assert tokens.is_patched(model)
+    assert (model(x) - dense).abs().max() < 1e-5
+    tokens.unpatch(model)
+    assert not tokens.is_patched(model)
+    assert [type(m) for m in model.modules()] == classes
+    assert [set(m.__dict__) for m in model.modules()] == attrs
+    assert torch.equal(model(x), dense)
+
+
+@pytest.mark.parametrize("build,x,r", [(swin, X_SWIN, 12), (sam, X_SAM, 3)], ids=["swin", "sam"])
+@torch.no_grad()
+def test_merging_keeps_the_grid_and_cuts_macs(build, x, r):
+    model = build()
+    feats, macs = model.forward_features(x), count_macs(model, (x[:1],))
+    tokens.merge(model, r=r)
+    merged = model.forward_features(x)
+    assert merged.shape == feats.shape            # the grid is restored after every block
+    assert torch.isfinite(merged).all()
+    assert count_macs(model, (x[:1],)) < 0.9 * macs
+    # merged tokens stay close to the dense ones: merging the most alike pairs, not scrambling
+    cos = torch.nn.functional.cosine_similarity(merged.flatten(1), feats.flatten(1))
+    assert cos.min() > 0.5
+
+
+def test_swin_grid_padding_and_shift_regions():
+    """A 30x30 grid is padded to 35x35 for 7x7 windows; the shifted block's corner windows hold 4 regions."""
+    model = swin(img=120)
+    x = torch.randn(2, 3, 120, 120)
+    with torch.no_grad():
+        dense = model(x)
+        assert (tokens.merge(model, r=0)(x) - dense).abs().max() < 1e-5
+        out = tokens.merge(model, r=20)(x)
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+
+
+def test_gradients_reach_every_parameter_through_the_merged_blocks():
+    model = swin().train()
+    tokens.merge(model, r=10)
+    model(X_SWIN).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_regions_are_never_mixed_while_a_same_region_pair_remains():
+    # A = tokens 0, 2, 4; B = 1, 3, 5. Tokens 0-2 are identical but 0 and 2 lie in another region than 1;
+    # 4 and 5 share a region and are only fairly alike (cosine 0.71).
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0], [1.0, 1.0]]])
+    regions = torch.tensor([[0, 1, 0, 1, 2, 2]])
+    values = torch.arange(6.0).view(1, 6, 1)
+    with_regions = bipartite_soft_matching(metric, r=1, regions=regions).merge(values, "sum").flatten().tolist()
+    assert 9.0 in with_regions                                   # 4 + 5, the same-region pair
+    plain = bipartite_soft_matching(metric, r=1).merge(values, "sum").flatten().tolist()
+    assert 9.0 not in plain and (1.0 in plain or 3.0 in plain)   # without regions: 0 or 2 into 1
+
+
+def test_target_macs_picks_the_smallest_r_reaching_it():
+    model = swin()
+    dense = count_macs(model, (X_SWIN[:1],))
+    tokens.merge(model, target_macs=0.85, example_inputs=(X_SWIN[:1],))
+    r = tokens.schedule_of(model).values
+    assert len(set(r)) == 1 and r[0] > 0
+    assert count_macs(model, (X_SWIN[:1],)) <= 0.85 * dense
+    tokens.merge(model, r=r[0] - 1)
+    assert count_macs(model, (X_SWIN[:1],)) > 0.85 * dense
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(r=2, trace_source=True), "trace_source"),
+    (dict(r=2, reducer="drop"), "reducer"),
+    (dict(r=[1, 2]), "4 windowed blocks"),
+    (dict(r=-1), "r must be"),
+])
+def test_unsupported_options_are_refused_and_the_model_is_unchanged(kwargs, needle):
+    model = swin()
+    tokens.merge(model, r=3)
+    before = tokens.schedule_of(model)
+    with pytest.raises(PruningError, match=needle):
+        tokens.merge(model, **kwargs)
+    assert tokens.schedule_of(model) == before   # a refused call keeps the old patch
+
+
+def test_merge_dense_says_windows_are_already_local():
+    with pytest.raises(PruningError, match="already local to its window"):
+        tokens.merge_dense(swin(), windows=4, r=2)
+
+
+def test_rotary_windows_and_swin_v2_are_refused_by_name():
+    rope = timm.create_model("samvit_base_patch16", img_size=64, depth=2, embed_dim=48, num_heads=2, window_size=2,
+                             global_attn_indexes=(1,), use_rel_pos=False, use_rope=True, num_classes=0,
+                             global_pool=None)
+    with pytest.raises(NotImplementedError, match="rotary position embedding"):
+        tokens.merge(rope, r=1)
+    v2 = timm.create_model("swinv2_tiny_window8_256", img_size=64, depths=(2,), num_heads=(2,), embed_dim=32,
+                           window_size=4, num_classes=0)
+    with pytest.raises(NotImplementedError, match="SwinTransformerV2Block"):
+        tokens.merge(v2, r=1)
+    assert not tokens.is_patched(rope) and not tokens.is_patched(v2)
