@@ -63,8 +63,9 @@ def test_r0_is_the_dense_model_and_unpatch_restores_it_exactly(build, x):
 def test_merging_keeps_the_grid_and_cuts_macs(build, x, r):
     model = build()
     feats, macs = model.forward_features(x), count_macs(model, (x[:1],))
-    tokens.merge(model, r=r)
+    tokens.merge(model, r=r, trace_source=True)
     merged = model.forward_features(x)
+    assert tokens.last_info(model) is None      # each block un-merges its windows: no token map to keep
     assert merged.shape == feats.shape            # the grid is restored after every block
     assert torch.isfinite(merged).all()
     assert count_macs(model, (x[:1],)) < 0.9 * macs
@@ -115,7 +116,6 @@ def test_target_macs_picks_the_smallest_r_reaching_it():
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(r=2, trace_source=True), "trace_source"),
     (dict(r=2, reducer="drop"), "reducer"),
     (dict(r=[1, 2]), "4 windowed blocks"),
     (dict(r=-1), "r must be"),
@@ -145,3 +145,19 @@ def test_rotary_windows_and_swin_v2_are_refused_by_name():
     with pytest.raises(NotImplementedError, match="SwinTransformerV2Block"):
         tokens.merge(v2, r=1)
     assert not tokens.is_patched(rope) and not tokens.is_patched(v2)
+
+
+@pytest.mark.parametrize("build,x", FAMILIES, ids=["swin", "sam"])
+def test_a_saved_merged_model_loads_merging_the_same_way(build, x, tmp_path):
+    import prunekit
+    model = build()
+    tokens.merge(model, r=2)
+    with torch.no_grad():
+        want = model(x)
+    prunekit.save(model, tmp_path / "m.safetensors")
+    back = prunekit.load(tmp_path / "m.safetensors").eval()
+    assert tokens.schedule_of(back) == tokens.schedule_of(model)
+    with torch.no_grad():
+        assert torch.equal(back(x), want)
+    tokens.unpatch(back)
+    assert not tokens.is_patched(back)

@@ -364,8 +364,8 @@ def _merge_windowed(model: nn.Module, blocks: list, r: RSpec, prop_attn: bool, t
     refused = [(local is not None, "a local stage (merge_dense): every merge here is already local to its window; "
                                    "use merge(model, r=...)"),
                (saliency is not None, "a saliency stage (merge_video)"),
-               (reducer != "merge", f"reducer={reducer!r} (top-k drop and EViT need a class token)"),
-               (trace_source, "trace_source=True (each block un-merges its windows, so no token map survives it)")]
+               (reducer != "merge", f"reducer={reducer!r} (top-k drop and EViT need a class token)")]
+    # trace_source is accepted and records nothing (last_info stays None): each block un-merges its windows
     for bad, what in refused:
         if bad:
             raise PruningError(name, op, f"{what} is not supported in windowed attention")

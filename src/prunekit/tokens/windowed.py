@@ -124,10 +124,20 @@ _MERGING: dict[type, type] = {}
 
 
 def _merging_class(base: type, family: str) -> type:
+    """The block class with the merging forward, one per timm class, named ``WindowMerging<class>`` and
+    reachable as an attribute of this module (so :func:`prunekit.save` / ``load`` find it by name)."""
     if base not in _MERGING:
         forward = _swin_forward if family == "swin" else _sam_forward
-        _MERGING[base] = type(f"WindowMerging{base.__name__}", (base,), {"forward": forward})
+        _MERGING[base] = type(f"WindowMerging{base.__name__}", (base,),
+                              {"forward": forward, "__module__": __name__})
     return _MERGING[base]
+
+
+def __getattr__(name: str) -> type:
+    for base, family in _classes().items():
+        if name == f"WindowMerging{base.__name__}":
+            return _merging_class(base, family)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def window_tokens(blk: nn.Module) -> int:
