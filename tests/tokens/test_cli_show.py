@@ -98,3 +98,25 @@ def test_merge_groups_and_group_image():
         vals = painted[0][up == t]
         assert torch.allclose(vals, vals[0].expand_as(vals))
     assert not is_patched(wl.model)
+
+
+def test_tokens_show_on_a_detector_draws_its_true_and_predicted_boxes(tmp_path, monkeypatch):
+    import matplotlib.image
+
+    from prunekit.zoo.detvit import build_detvit
+    from prunekit.zoo.registry import example_inputs
+    torch.manual_seed(0)
+    model = build_detvit().eval()   # random weights: mosaic-det is not trained yet; the drawing is what is tested
+    x = example_inputs("mosaic-det")[0]
+    wl = Workload("mosaic-det", model, (x,), None, "detection", "map")
+    boxes = cli_tokens.detection_boxes(wl, 1, x[1], r=4, min_score=0.0)
+    assert boxes["truth"].shape[1] == 4 and 2 <= len(boxes["truth"]) <= 6    # 2-6 garments per mosaic
+    assert boxes["predicted"].shape == (100, 4)                              # the top 100 peaks, score >= 0
+    assert not is_patched(model)
+    monkeypatch.setattr(cli_tokens, "resolve_model", lambda name: wl)
+    out = tmp_path / "det.png"
+    assert main(["tokens", "show", "mosaic-det", "--r", "4", "--index", "1", "--out", str(out)]) == 0
+    img = matplotlib.image.imread(out)
+    green = (img[..., 1] > 0.6) & (img[..., 0] < 0.35) & (img[..., 2] < 0.45)   # the ground-truth outlines
+    assert green.sum() > 100
+    assert not is_patched(model)

@@ -82,9 +82,30 @@ def run_show(args) -> int:
         raise SystemExit(f"{args.model}: tokens show needs an image model (inputs of shape B, C, H, W)")
     image = x[args.index]
     labels = merge_groups(wl.model, image, args.r)
-    path = draw_merges(image, labels, args.out, title=f"{wl.name}, r={args.r}")
+    boxes = detection_boxes(wl, args.index, image, args.r) if wl.task == "detection" else None
+    path = draw_merges(image, labels, args.out, title=f"{wl.name}, r={args.r}", boxes=boxes)
     print(f"wrote {path}: {labels.numel()} patches -> {int(labels.unique().numel())} tokens")
     return 0
+
+
+def detection_boxes(wl, index: int, image, r: int, min_score: float = 0.3) -> dict:
+    """Ground-truth boxes of a zoo detector's example ``index`` and the merged model's predictions (score
+    at least ``min_score``), for ``tokens show``."""
+    import torch
+
+    from prunekit.data.detection import det_targets
+    from prunekit.tokens import merge, unpatch
+    from prunekit.zoo.detvit import decode
+    from prunekit.zoo.registry import EXAMPLE_BATCH, _eval_data
+    _, boxes, classes, ignore = _eval_data(wl.name, EXAMPLE_BATCH)   # the example batch image came from
+    truth = det_targets(boxes[index:index + 1], classes[index:index + 1], ignore[index:index + 1])[0]["boxes"]
+    try:
+        merge(wl.model, r)
+        with torch.no_grad():
+            found = decode(wl.model(image[None]))[0]
+    finally:
+        unpatch(wl.model)
+    return {"truth": truth, "predicted": found["boxes"][found["scores"] >= min_score]}
 
 
 def _show_video(args) -> int:

@@ -84,8 +84,16 @@ def group_image(image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return colour.repeat_interleave(ph, 1).repeat_interleave(pw, 2)
 
 
-def draw_merges(image: torch.Tensor, labels: torch.Tensor, out: str | Path, title: str = "") -> Path:
-    """Save a PNG: the input image, and the merged tokens (mean colour, outlined) over it."""
+BOX_COLOURS = {"truth": "#22cc44", "predicted": "#ffcc00"}
+
+
+def draw_merges(image: torch.Tensor, labels: torch.Tensor, out: str | Path, title: str = "",
+                boxes: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save a PNG: the input image, and the merged tokens (mean colour, outlined) over it.
+
+    ``boxes``: for a detector, ``{"truth": (K, 4), "predicted": (M, 4)}`` boxes ``(x0, y0, x1, y1)`` in
+    input pixels, drawn on both panels (ground truth green, predictions yellow and dashed), so a user
+    sees whether merged regions cross object boundaries."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -113,6 +121,14 @@ def draw_merges(image: torch.Tensor, labels: torch.Tensor, out: str | Path, titl
     axes[1].set_title(f"{int(labels.unique().numel())} tokens from {rows * cols} patches")
     for ax in axes:
         ax.set_axis_off()
+        for kind, kboxes in (boxes or {}).items():
+            for x0, y0, x1, y1 in (kboxes.detach().float().cpu() * scale).tolist():
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, linewidth=1.2,
+                                           edgecolor=BOX_COLOURS.get(kind, "#00aaff"),
+                                           linestyle="--" if kind == "predicted" else "-"))
+    if boxes:
+        counts = ", ".join(f"{len(b)} {k}" for k, b in boxes.items())
+        title = f"{title} ({counts} boxes)" if title else f"{counts} boxes"
     if title:
         fig.suptitle(title)
     fig.tight_layout()
