@@ -10,6 +10,7 @@ Each runs at constant ``r`` per layer (``--rs``) and at DynamicViT's token count
 the attention of blocks 2, 5, 8, so blocks 3-11 see 137 / 96 / 67 patch tokens). The DynamicViT point is
 the top-1 of the trained model in ``benchmarks/results/dynamic_vit.json`` (read, not retrained here; same
 test images) at the MACs of its gathered inference path, counted here (they do not depend on training).
+The fine-tuned EViT point is read the same way from ``evit_finetune.json`` when it used the same test images.
 MACs per image from torch.utils.flop_counter. Top-1 on the first ``--limit`` test images. Writes the JSON
 and ``token_pruning_curve.png`` beside it.
 
@@ -38,12 +39,13 @@ def plot(points: dict[str, list[tuple[float, float]]], dense: float, path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    styles = {"tome": ("o-", "C0"), "evit": ("s-", "C1"), "drop": ("v-", "C2"), "dynamicvit": ("*", "C3")}
+    styles = {"tome": ("o-", "C0"), "evit": ("s-", "C1"), "drop": ("v-", "C2"), "dynamicvit": ("*", "C3"),
+              "evit (fine-tuned)": ("D", "C1")}
     for name, pts in points.items():
         pts = sorted(pts)
         marker, colour = styles[name]
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker, color=colour, label=name,
-                markersize=12 if name == "dynamicvit" else 6)
+                markersize=12 if name == "dynamicvit" else 8 if "fine-tuned" in name else 6)
     ax.plot([1.0], [100 * dense], "k*", markersize=12, label="dense")
     ax.set_xlabel("MACs (fraction of dense)")
     ax.set_ylabel("top-1 (%)")
@@ -95,6 +97,19 @@ def main() -> None:
                  dyn_top1,
                  round(100 * (dyn_top1 - dyn_dense), 2)])
     points["dynamicvit"] = [(dyn_macs, dyn_top1)]
+    tuned_note = ""
+    tuned_path = RESULTS / "evit_finetune.json"   # EViT fine-tuned on DynamicViT's budget (bench_evit_finetune.py)
+    if tuned_path.exists():
+        tuned_doc = json.loads(tuned_path.read_text())
+        cols = tuned_doc["table"]["columns"]
+        tuned = next((r for r in tuned_doc["table"]["rows"] if r[0] == "evit (fine-tuned)"), None)
+        if tuned is not None and tuned_doc["setup"].get("eval_subset") == n_eval:
+            t_macs, t_top1 = tuned[cols.index("MACs ratio")], tuned[cols.index("top1")]
+            rows.append(["evit (fine-tuned, evit_finetune.json)", "DynamicViT's token counts", 1 + dyn_counts[-1],
+                         t_macs, t_top1, round(100 * (t_top1 - dense), 2)])
+            points["evit (fine-tuned)"] = [(t_macs, t_top1)]
+            tuned_note = (f" The evit (fine-tuned) row is read from evit_finetune.json ({tuned[1]}, the budget "
+                          f"DynamicViT had): {t_top1} at {t_macs} MACs.")
     plot(points, dense, RESULTS / f"{NAME}.png")
     same = {n: next(r for r in rows if r[0] == n and r[1].startswith("DynamicViT")) for n in REDUCERS}
     write_result(NAME, "fmnist-vit: ToMe, EViT, top-k drop and DynamicViT on one accuracy-vs-MACs curve",
@@ -108,7 +123,7 @@ def main() -> None:
                         f"dynamic_vit.json ({source}, same test images; its dense top-1 is "
                         f"{dyn_dense}). At DynamicViT's token counts: "
                         + ", ".join(f"{n} {same[n][4]} at {same[n][3]} MACs" for n in REDUCERS)
-                        + f", dynamicvit {dyn_top1} at {dyn_macs} MACs. Plot: {NAME}.png."),
+                        + f", dynamicvit {dyn_top1} at {dyn_macs} MACs.{tuned_note} Plot: {NAME}.png."),
                  setup={"threads": args.threads, "eval_subset": n_eval}, figure=f"{NAME}.png",
                  raw={"points": {k: list(map(list, v)) for k, v in points.items()}})
 
