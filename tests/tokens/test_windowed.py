@@ -161,3 +161,13 @@ def test_a_saved_merged_model_loads_merging_the_same_way(build, x, tmp_path):
         assert torch.equal(back(x), want)
     tokens.unpatch(back)
     assert not tokens.is_patched(back)
+
+
+@pytest.mark.parametrize("build,x", FAMILIES, ids=["swin", "sam"])
+def test_a_window_merged_model_exports_to_onnx_and_matches_in_onnxruntime(build, x, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import prunekit
+    model = build()
+    tokens.merge(model, r=3)
+    result = prunekit.export_onnx(model, (x,), tmp_path / "m.onnx")
+    assert result["max_abs_diff"] < 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0

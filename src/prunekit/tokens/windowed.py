@@ -198,7 +198,7 @@ def _attend(attn: nn.Module, t: torch.Tensor, size: torch.Tensor, bias_fn, prop_
         bias = logs if bias is None else bias + logs
     o = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                                    dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    o = o.transpose(1, 2).reshape(B, n, -1)
+    o = torch.cat(o.unbind(1), dim=-1)   # (B, n, H*D); transpose+reshape traces to a view ONNX export rejects
     return attn.proj_drop(attn.proj(o))
 
 
