@@ -100,6 +100,23 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, every):
         assert torch.equal(a, b)
 
 
+def test_a_fresh_run_in_a_folder_with_higher_steps_keeps_its_own_checkpoints(tmp_path):
+    """A first run leaves step-18 and step-24; a fresh 6-step run into the same folder must not prune its
+    own step-6 because the others have higher numbers: resuming it gives the fresh run's weights."""
+    x, y = _data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, drop_last=True)
+    fit(_net(), loader, epochs=4, lr=1e-2, progress=False, checkpoint_dir=str(tmp_path))
+    fresh = _net()
+    fit(fresh, loader, epochs=1, lr=1e-3, progress=False, checkpoint_dir=str(tmp_path))
+    assert ckpt_module.latest(tmp_path).name == "step-6"
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-24", "step-6"]   # the newest and the one before
+    back = _net()
+    res = fit(back, loader, epochs=1, lr=1e-3, progress=False, checkpoint_dir=str(tmp_path), resume=True)
+    assert res.resumed_from == 6
+    for a, b in zip(fresh.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(PruningError, match="no checkpoint"):
         fit(_net(), [_data()], epochs=1, checkpoint_dir=str(tmp_path), resume=True, progress=False)

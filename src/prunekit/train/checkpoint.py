@@ -26,7 +26,7 @@ from prunekit.train import distributed as D
 
 __all__ = ["save", "restore", "adopt", "latest", "restore_rng", "KEEP"]
 
-KEEP = 2  # checkpoint folders kept (the newest and the one before)
+KEEP = 2  # checkpoint folders kept: the newest and the one written before it
 
 
 def latest(folder: str | Path) -> Path | None:
@@ -52,6 +52,7 @@ def save(trainer, folder: str | Path, final: bool = False) -> Path | None:
     folder = Path(folder)
     path = folder / f"step-{trainer.step}"
     if D.is_main():
+        previous = latest(folder)   # kept with the new one, whatever its step (another run's may be higher)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-step-{trainer.step}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -70,9 +71,12 @@ def save(trainer, folder: str | Path, final: bool = False) -> Path | None:
         pointer = folder / ".latest.tmp"
         pointer.write_text(path.name)
         os.replace(pointer, folder / "latest")
-        done = sorted((p for p in folder.glob("step-*") if p.is_dir()), key=lambda p: int(p.name[5:]))
-        for old in done[:-KEEP]:
-            shutil.rmtree(old, ignore_errors=True)
+        # keep the newest checkpoint and the one written before it, by when they were written, not by step:
+        # a fresh run in a folder that holds an older run's higher steps must not delete its own
+        keep = {path.name} | ({previous.name} if previous is not None else set())
+        for old in folder.glob("step-*"):
+            if old.is_dir() and old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
     D.barrier()
     return path
 
