@@ -231,8 +231,8 @@ _PATCHED_CLASS = {nn.Sequential: TokenMergingSequential, nn.ModuleList: TokenMer
 
 def is_patched(model: nn.Module) -> bool:
     """Whether :func:`merge` (or :func:`prunekit.tokens.drop`) has patched ``model`` or a submodule."""
-    from prunekit.tokens.windowed import KEY
-    return any("_tome" in m.__dict__ or KEY in m.__dict__ for m in model.modules())
+    from prunekit.tokens.windowed import is_window_patched
+    return any("_tome" in m.__dict__ for m in model.modules()) or is_window_patched(model)
 
 
 def _patches(model: nn.Module) -> list[_Patch]:

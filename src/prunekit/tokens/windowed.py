@@ -56,7 +56,6 @@ __all__ = ["WindowMerge", "windowed_blocks", "patch_windows", "unpatch_windows",
            "representatives", "window_bias"]
 
 KEY = "_tome_window"
-AREA = "_tome_window_area"   # on a SAM global block: the window area its share of r is taken from
 
 
 @dataclass
@@ -66,6 +65,7 @@ class WindowMerge:
     r: int
     prop_attn: bool = True
     mlp: bool = True
+    area: int = 0   # on a SAM global block: the window area of the model's windowed blocks (its share of r)
 
 
 def _classes() -> dict[type, str]:
@@ -106,8 +106,9 @@ def is_window_patched(model: nn.Module) -> bool:
 def patch_windows(blocks: list[tuple[str, nn.Module, str]], rs: list[int], prop_attn: bool = True,
                   mlp: bool = True) -> None:
     """Switch each block to its merging class with ``rs[i]`` tokens merged per window (reversible)."""
+    area = max((window_tokens(b) for _, b, f in blocks if f == "sam" and b.window_size > 0), default=0)
     for (_, blk, family), r in zip(blocks, rs, strict=True):
-        blk.__dict__[KEY] = WindowMerge(int(r), prop_attn, mlp)
+        blk.__dict__[KEY] = WindowMerge(int(r), prop_attn, mlp, area)
         blk.__class__ = _merging_class(type(blk), family)
 
 
@@ -116,7 +117,6 @@ def unpatch_windows(model: nn.Module) -> None:
     for m in model.modules():
         if KEY in m.__dict__:
             del m.__dict__[KEY]
-            m.__dict__.pop(AREA, None)
             m.__class__ = m.__class__.__bases__[0]
 
 
@@ -202,10 +202,6 @@ def _attend(attn: nn.Module, t: torch.Tensor, size: torch.Tensor, bias_fn, prop_
     return attn.proj_drop(attn.proj(o))
 
 
-def _match(tokens: torch.Tensor, r: int, valid: torch.Tensor | None, regions: torch.Tensor | None) -> Matching:
-    return bipartite_soft_matching(tokens, r, valid=valid, regions=regions)
-
-
 def _mlp_merged(blk: nn.Module, windows: torch.Tensor, match: Matching, size0: torch.Tensor | None) -> torch.Tensor:
     """The block's MLP on its window tokens ``(B, N, C)`` merged by ``match``, un-merged again."""
     t, _ = merge_wavg(match, windows, size0)
@@ -233,9 +229,8 @@ def _sam_forward(self, x: torch.Tensor) -> torch.Tensor:
     valid = None
     if pad_hw is not None and tuple(pad_hw) != (H, W):
         valid = windows_of(x.new_ones(B, H, W, 1))[0].reshape(Bw, N) > 0
-    area = _sam_window_area(self)
-    r = round(cfg.r * N / area) if ws == 0 and area else cfg.r
-    match = _match(tokens, r, valid, None)
+    r = round(cfg.r * N / cfg.area) if ws == 0 and cfg.area else cfg.r
+    match = bipartite_soft_matching(tokens, r, valid=valid)
     size0 = valid[..., None].to(x.dtype) if valid is not None else None
     t, size = merge_wavg(match, tokens, size0)
     attn = self.attn
@@ -267,11 +262,6 @@ def _sam_forward(self, x: torch.Tensor) -> torch.Tensor:
     if ws > 0:
         z = window_unpartition(z, ws, (H, W), pad_hw)
     return x + self.drop_path2(self.ls2(z))
-
-
-def _sam_window_area(blk: nn.Module) -> int:
-    """The window area of the model's windowed blocks, for a global block's share (stored at patch time)."""
-    return blk.__dict__.get(AREA, 0)
 
 
 # ---- Swin v1 (timm swin_transformer.SwinTransformerBlock) ----
@@ -307,7 +297,7 @@ def _swin_forward(self, x: torch.Tensor) -> torch.Tensor:
     valid = None
     if pad_h or pad_w:
         valid = windows_of(x.new_ones(B, H, W, 1))[..., 0] > 0
-    match = _match(tokens, cfg.r, valid, regions)
+    match = bipartite_soft_matching(tokens, cfg.r, valid=valid, regions=regions)
     size0 = valid[..., None].to(x.dtype) if valid is not None else None
     t, size = merge_wavg(match, tokens, size0)
     attn = self.attn
@@ -346,10 +336,5 @@ def plan(blocks: list[tuple[str, nn.Module, str]], r) -> list[int]:
 def merge_in_windows(model: nn.Module, blocks: list[tuple[str, nn.Module, str]], r, prop_attn: bool = True,
                      mlp: bool = True) -> nn.Module:
     """Patch ``blocks`` of ``model`` (from :func:`windowed_blocks`); called by :func:`prunekit.tokens.merge`."""
-    rs = plan(blocks, r)
-    area = max((window_tokens(b) for _, b, f in blocks if f == "sam" and b.window_size > 0), default=0)
-    patch_windows(blocks, rs, prop_attn, mlp)
-    for _, b, f in blocks:
-        if f == "sam" and b.window_size == 0:
-            b.__dict__[AREA] = area
+    patch_windows(blocks, plan(blocks, r), prop_attn, mlp)
     return model
