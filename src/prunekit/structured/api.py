@@ -424,9 +424,13 @@ def _prune_once(model: nn.Module, example_inputs: Any, *, ratio, target_macs, im
     imp.prepare(model, tr, example_inputs, calib)
     scores = _score(grps, imp, params)
 
-    def plan(r: float) -> tuple[list[int], dict]:
+    def plan(r: float, r_heads: float | None = None) -> tuple[list[int], dict]:
         kept = _decide(grps, scores, r, scope, round_to, max_group_ratio)
+        if r_heads is not None:  # heads held at their own ratio, channels at r
+            heads = _decide(grps, scores, r_heads, scope, round_to, max_group_ratio)
+            kept = [h if g.unit == "heads" else k for g, k, h in zip(grps, kept, heads, strict=True)]
         return kept, _keep_sets(grps, scores, kept)
+    plan.both_units = len({g.unit for g in grps}) == 2  # type: ignore[attr-defined]
 
     if target_macs is None:
         kept, keep = plan(float(ratio))
@@ -538,7 +542,23 @@ def _check(model: nn.Module, example_inputs: Any, ref_shapes: list[tuple], op: s
 
 
 def _search(tr: TraceResult, plan, target: float, max_group_ratio: float):
-    """Bisection on the ratio so the (analytic) MACs kept match ``target``."""
+    """Bisection on the ratio so the (analytic) MACs kept match ``target``.
+
+    Channels and heads share the ratio, and one head is a coarse step: where a head's step jumps
+    across the target, the heads are held at the counts on either side of the jump and the channels
+    alone are searched again, so the target is still met closely.
+    """
+    best, lo, hi = _bisect(tr, plan, target, max_group_ratio)
+    if abs(best[3] - target) >= 0.002 and getattr(plan, "both_units", False):
+        for r_heads in (lo, hi):
+            other = _bisect(tr, lambda r, h=r_heads: plan(r, h), target, max_group_ratio)[0]
+            if abs(other[3] - target) < abs(best[3] - target):
+                best = other
+    return best[0], best[1], best[2]
+
+
+def _bisect(tr: TraceResult, plan, target: float, max_group_ratio: float):
+    """``((kept, keep, ratio, fraction) closest to target, lo, hi)``: the final bracket of the ratio."""
     total = max(1, tr.macs_total())
     lo, hi = 0.0, max_group_ratio
     best = None
@@ -548,13 +568,13 @@ def _search(tr: TraceResult, plan, target: float, max_group_ratio: float):
         frac = tr.macs_after(keep) / total
         if best is None or abs(frac - target) < abs(best[3] - target):
             best = (kept, keep, mid, frac)
+        if abs(frac - target) < 0.002:
+            break
         if frac > target:
             lo = mid
         else:
             hi = mid
-        if abs(frac - target) < 0.002:
-            break
-    return best[0], best[1], best[2]
+    return best, lo, hi
 
 
 def _refine(model, example_inputs, tr, plan, target, macs_before, macs_after, snap, kept, keep, chosen,
