@@ -234,6 +234,26 @@ def test_a_streamed_segvit_continuation_trains_on_new_mosaics_and_refuses_an_off
         More(1, stream=True, offset=100)
 
 
+def test_a_continuation_checkpoints_and_the_same_command_resumes_it_from_its_own_start():
+    from dataclasses import replace
+
+    from prunekit.train.checkpoint import latest
+    from prunekit.zoo.store import train_dir
+    from prunekit.zoo.train import More, _continue
+    more = More(0.25, stream=True, batch=32)
+    first, route, _ = _continue("mosaic-segvit", 0, True, more)
+    assert "of a stopped run" not in route
+    folders = list(train_dir("").iterdir())
+    assert len(folders) == 1 and latest(folders[0]) is not None
+    again, route, _ = _continue("mosaic-segvit", 0, True, more)  # the finished run: nothing left to train
+    assert "(resumed at step 4 of a stopped run)" in route
+    for (k, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    _continue("mosaic-segvit", 0, True, replace(more, lr=1e-4))  # another setting: another folder
+    assert len(list(train_dir("").iterdir())) == 2
+    assert More(1, budget_minutes=1).start == ""  # a budgeted run is not checkpointed (see More)
+
+
 def test_a_segvit_checkpoint_from_before_the_refine_head_gets_it_and_the_route_says_so(monkeypatch):
     import prunekit.zoo.store as store
     from prunekit.zoo.train import More, _continue

@@ -18,7 +18,8 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quick", action="store_true", help="a tiny smoke run (not a usable model)")
     t.add_argument("--more-epochs", type=float, default=0.0,
-                   help="continue the shipped checkpoint for E more epochs of its last stage "
+                   help="continue the shipped checkpoint for E more epochs of its last stage; without --budget-minutes "
+                        "it checkpoints, and the same command resumes a stopped run "
                         "(fmnist-vit, mosaic-segvit, motion-vivit)")
     t.add_argument("--device", default=None, help="with --more-epochs: train on this torch device (e.g. cuda)")
     t.add_argument("--batch", type=int, default=None, help="with --more-epochs: batch size (default: the stage's)")

@@ -9,9 +9,11 @@ recorded in the manifest.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -133,7 +135,8 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
         teacher: nn.Module | None = None, distill: float = 0.5, temperature: float = 2.0,
         device: str | torch.device | None = None, budget_s: float | None = None,
         regularizer: Callable[[], torch.Tensor] | None = None,
-        on_step: Callable[[int], object] | None = None) -> FitResult:
+        on_step: Callable[[int], object] | None = None, checkpoint_dir: str | None = None,
+        checkpoint_every: int | None = None, resume: bool = False) -> FitResult:
     """The recipes' call into :func:`prunekit.train.fit` (AdamW, linear warm-up and cosine decay,
     clipping at 1, label smoothing); ``epochs`` may be fractional.
 
@@ -145,7 +148,8 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
     ``device``: train there (an explicit CUDA device runs under bf16 autocast); the model stays there
     afterwards. ``budget_s``: time steps 10-60, then shorten the run so that it fits the budget.
     ``regularizer``: a term added to every step's loss; ``on_step``: called with the step count after
-    every optimizer step.
+    every optimizer step. ``checkpoint_dir``, ``checkpoint_every``, ``resume``: as
+    :class:`prunekit.train.TrainConfig`'s (a stopped run picks up where its last checkpoint was).
     """
     from prunekit.train import LossTerm, OnStep
     from prunekit.train import fit as train_fit
@@ -155,7 +159,8 @@ def fit(model: nn.Module, batches: Batches, epochs: float, lr: float, steps_per_
     return train_fit(model, batches, epochs=epochs, lr=lr, steps_per_epoch=steps_per_epoch, seed=seed,
                      weight_decay=weight_decay, label_smoothing=label_smoothing, desc=desc, teacher=teacher,
                      distill_weight=distill, temperature=temperature, budget_s=budget_s, callbacks=callbacks,
-                     device=dev, channels_last=False)
+                     device=dev, channels_last=False, checkpoint_dir=checkpoint_dir,
+                     checkpoint_every=checkpoint_every, resume=resume)
 
 
 def _fmnist(n: int | None = None):
@@ -343,6 +348,9 @@ def option_flag(name: str) -> str:
     return {"epochs": "--more-epochs", "offset": "--sample-offset"}.get(name, f"--{name.replace('_', '-')}")
 
 
+CHECKPOINT_EVERY = 200  # steps between the checkpoints of a continuation (:class:`More`), to resume a stopped one
+
+
 @dataclass
 class More:
     """How :data:`MORE` continues a shipped checkpoint; ``None`` fields keep the stage's own setting.
@@ -355,6 +363,12 @@ class More:
     ``decoder_only``: mosaic-segvit only, train the decoder and its pixel-refinement head with the
     encoder frozen; ``stream``: mosaic-segvit only, draw new mosaics for every batch instead of a fixed
     set (``samples`` is then the epoch length; rendered on ``device``).
+
+    Without ``budget_minutes`` the run is resumable: it checkpoints every :data:`CHECKPOINT_EVERY`
+    steps into a :func:`prunekit.zoo.store.train_dir` folder keyed by every setting and by the
+    checkpoint it starts from (``start``, set by :func:`_continue`), and the same command run again
+    picks up a stopped run there. A time budget reshapes the schedule from the timing of the first
+    steps, which a resumed run would not repeat, so a budgeted run is not checkpointed.
     """
 
     epochs: float
@@ -367,6 +381,7 @@ class More:
     offset: int | None = None
     decoder_only: bool | None = None
     stream: bool | None = None
+    start: str = ""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch", "lr", "samples", "budget_minutes", "shift", "offset"):
@@ -392,12 +407,22 @@ class More:
         if n < batch:
             raise ValueError(f"continuation of {desc!r}: {n} training samples cannot fill one batch of {batch}; "
                              "raise --samples or lower --batch")
+        resumable = {}
+        if not self.budget_minutes:
+            from prunekit.train.checkpoint import latest
+            from prunekit.zoo.store import train_dir
+            key = hashlib.sha256(json.dumps([asdict(self), batch, default_lr, n, seed, desc],
+                                            sort_keys=True).encode()).hexdigest()[:12]
+            folder = train_dir(f"{desc.replace(' ', '-')}-{key}")
+            resumable = dict(checkpoint_dir=str(folder), checkpoint_every=CHECKPOINT_EVERY,
+                             resume=latest(folder) is not None)
         res = fit(model, batches, self.epochs, lr, n // batch, seed, desc=desc, device=self.device,
-                  budget_s=self.budget_minutes * 60 if self.budget_minutes else None, **fit_kw)
+                  budget_s=self.budget_minutes * 60 if self.budget_minutes else None, **resumable, **fit_kw)
         cut = res.steps < max(1, int(self.epochs * (n // batch)))
         done = (f"{res.steps / (n // batch):.2f} more epochs ({self.epochs:g} asked, cut to fit "
                 f"{self.budget_minutes:g} min)") if cut else f"{self.epochs:g} more epochs"
-        return done + _where(self.device), lr
+        resumed = f" (resumed at step {res.resumed_from} of a stopped run)" if res.resumed_from is not None else ""
+        return done + _where(self.device) + resumed, lr
 
 
 def _where(device: str | None) -> str:
@@ -488,6 +513,7 @@ def _continue(name: str, seed: int, quick: bool, more: More) -> tuple[nn.Module,
         if value and name != "mosaic-segvit":
             raise ValueError(f"{flag} applies to mosaic-segvit only")
     old = read_manifest()[name]
+    more = replace(more, start=old["sha256"])  # a new shipped checkpoint starts a new run folder
     model = models.build(name)
     added = load_adding_heads(model, load_state(name), _NEW_HEADS.get(name, ()))
     stage = MORE[name](model, seed, quick, more)
