@@ -129,9 +129,95 @@ def test_unsupported_options_are_refused_and_the_model_is_unchanged(kwargs, need
     assert tokens.schedule_of(model) == before   # a refused call keeps the old patch
 
 
-def test_merge_dense_says_windows_are_already_local():
-    with pytest.raises(PruningError, match="already local to its window"):
-        tokens.merge_dense(swin(), windows=4, r=2)
+@pytest.mark.parametrize("build,x", FAMILIES, ids=["swin", "sam"])
+@torch.no_grad()
+def test_merge_dense_in_windows_merges_nothing_at_zero_and_cuts_macs_with_local_groups(build, x):
+    model = build()
+    dense, macs = model(x), count_macs(model, (x[:1],))
+    assert (tokens.merge_dense(model, windows=0, r=0)(x) - dense).abs().max() < 1e-5
+    local_only = count_macs(tokens.merge_dense(model, windows=2, r=0), (x[:1],))
+    both = count_macs(tokens.merge_dense(model, windows=2, r=1), (x[:1],))
+    assert both < local_only < macs
+    out = model(x)
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+    tokens.unpatch(model)
+    assert torch.equal(model(x), dense)
+
+
+def test_local_groups_are_whole_aligned_2x2_neighbourhoods_then_pairs():
+    t = torch.randn(3, 36, 16)
+    m = windowed.window_matching(t, (6, 6), r=0, local=4)
+    assert m.r == 12
+    slot = m.unmerge(m.merge(torch.arange(36.0).view(1, 36, 1).expand(3, -1, -1), "amax"))[..., 0]
+    for b in range(3):
+        grid = slot[b].view(6, 6)
+        merged = [v for v in grid.unique() if (grid == v).sum() > 1]
+        assert len(merged) == 4
+        for v in merged:
+            rows, cols = torch.nonzero(grid == v, as_tuple=True)
+            assert len(rows) == 4 and rows.min() % 2 == 0 and cols.min() % 2 == 0
+            assert rows.max() - rows.min() == 1 and cols.max() - cols.min() == 1
+    assert windowed.window_matching(t, (6, 6), r=3, local=4).r == 15   # then 3 pairs among the 24 left
+
+
+def test_local_groups_never_mix_shift_regions_or_padding_while_another_group_remains():
+    # 4x4 window, groups {0,1,4,5} {2,3,6,7} {8,9,12,13} {10,11,14,15}: the first is all alike but spans two
+    # regions, the third holds padding; the fourth is fairly alike and whole
+    t = torch.randn(1, 16, 8)
+    t[0, [0, 1, 4, 5]] = t[0, 0].clone()
+    t[0, [8, 9, 12, 13]] = t[0, 8].clone()
+    t[0, [10, 11, 14, 15]] = t[0, 10] + 0.3 * torch.randn(4, 8)
+    regions = torch.zeros(1, 16, dtype=torch.long)
+    regions[0, [1, 5]] = 1
+    valid = torch.ones(1, 16, dtype=torch.bool)
+    valid[0, 13] = False
+    m = windowed.window_matching(t, (4, 4), r=0, local=1, valid=valid, regions=regions)
+    slot = m.unmerge(m.merge(torch.arange(16.0).view(1, 16, 1), "amax"))[0, :, 0]
+    assert slot[10] == slot[11] == slot[14] == slot[15] and len(slot.unique()) == 13
+    plain = windowed.window_matching(t, (4, 4), r=0, local=1)
+    assert len(plain.unmerge(plain.merge(torch.arange(16.0).view(1, 16, 1), "amax"))[0, :, 0][[0, 1, 4, 5]]
+               .unique()) == 1
+
+
+@torch.no_grad()
+def test_merging_duplicate_neighbours_in_windows_is_exact_with_proportional_attention():
+    # SAM without relative position bias (which differs per position), 4x4 windows and global blocks on an
+    # 8x8 grid: each 32 px tile is one colour and the position embedding repeats over each 2x2 patch block,
+    # so every 2x2 group holds four equal tokens in every block; collapsing all of them changes nothing
+    torch.manual_seed(0)
+    model = timm.create_model("samvit_base_patch16", img_size=128, depth=4, embed_dim=96, num_heads=3,
+                              window_size=4, global_attn_indexes=(1, 3), use_rel_pos=False, num_classes=0,
+                              global_pool=None).eval()
+    pe = model.pos_embed
+    pe.copy_(pe[:, ::2, ::2].repeat_interleave(2, 1).repeat_interleave(2, 2))
+    x = torch.randn(2, 3, 4, 4).repeat_interleave(32, 2).repeat_interleave(32, 3)
+    dense = model(x)
+    tokens.merge_dense(model, windows=4, r=0)    # all 4 groups of every 16-token window, 16 of the global 64
+    out = model(x)
+    assert (out - dense).abs().max() <= 1e-4 * dense.abs().max()
+    # the blocks run on a quarter of the tokens; the patch embedding and the conv neck stay whole
+    assert count_macs(model, (x[:1],)) < 0.75 * count_macs(tokens.unpatch(model), (x[:1],))
+
+
+def test_local_stage_refusals_name_the_fix_and_keep_the_model():
+    model = swin()
+    tokens.merge(model, r=3)
+    before = tokens.schedule_of(model)
+    for kwargs, needle in [(dict(threshold=0.5), "threshold=None"), (dict(layer=4), "past the last"),
+                           (dict(window=8), "smaller than the local window")]:
+        with pytest.raises(PruningError, match=needle):
+            tokens.merge_dense(model, windows=2, r=1, **kwargs)
+        assert tokens.schedule_of(model) == before
+
+
+def test_merge_dense_in_windows_layer_leaves_the_blocks_before_it_whole_and_reaches_target_macs():
+    model = swin()
+    tokens.merge_dense(model, windows=3, r=2, layer=2)
+    cfgs = [m.__dict__[windowed.KEY] for m in model.modules() if windowed.KEY in m.__dict__]
+    assert [(c.r, c.local) for c in cfgs] == [(0, 0), (0, 0), (2, 3), (2, 3)]
+    dense = count_macs(tokens.unpatch(model), (X_SWIN[:1],))
+    tokens.merge_dense(model, windows=3, target_macs=0.6, example_inputs=(X_SWIN[:1],))
+    assert count_macs(model, (X_SWIN[:1],)) <= 0.6 * dense
 
 
 def test_rotary_windows_and_swin_v2_are_refused_by_name():
@@ -147,11 +233,12 @@ def test_rotary_windows_and_swin_v2_are_refused_by_name():
     assert not tokens.is_patched(rope) and not tokens.is_patched(v2)
 
 
-@pytest.mark.parametrize("build,x", FAMILIES, ids=["swin", "sam"])
-def test_a_saved_merged_model_loads_merging_the_same_way(build, x, tmp_path):
+@pytest.mark.parametrize("build,x,local", [(swin, X_SWIN, 0), (sam, X_SAM, 0), (swin, X_SWIN, 3)],
+                         ids=["swin", "sam", "swin-local"])
+def test_a_saved_merged_model_loads_merging_the_same_way(build, x, local, tmp_path):
     import prunekit
     model = build()
-    tokens.merge(model, r=2)
+    tokens.merge_dense(model, windows=local, r=2) if local else tokens.merge(model, r=2)
     with torch.no_grad():
         want = model(x)
     prunekit.save(model, tmp_path / "m.safetensors")
@@ -168,6 +255,6 @@ def test_a_window_merged_model_exports_to_onnx_and_matches_in_onnxruntime(build,
     pytest.importorskip("onnxruntime")
     import prunekit
     model = build()
-    tokens.merge(model, r=3)
+    tokens.merge_dense(model, windows=1, r=3)   # the local stage and the pairs after it
     result = prunekit.export_onnx(model, (x,), tmp_path / "m.onnx")
     assert result["max_abs_diff"] < 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0

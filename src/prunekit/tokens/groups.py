@@ -29,6 +29,9 @@ __all__ = ["LocalMerge", "window_groups", "GroupLayout", "group_layout", "group_
            "group_matching"]
 
 
+_BARRED_GROUP_SCORE = -4.0  # below any mean cosine: a barred group merges only when count leaves no other
+
+
 @dataclass(frozen=True)
 class LocalMerge:
     """The local stage of a merge: in layer ``layer`` (0 = the first), merge ``count`` groups per image
@@ -147,7 +150,7 @@ def matching_from_assignment(assign: torch.Tensor, num_out: int) -> Matching:
 
 
 def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, num_protected: int = 0,
-                   threshold: float | None = None) -> Matching:
+                   threshold: float | None = None, allowed: torch.Tensor | None = None) -> Matching:
     """Merge, per image, the ``count`` groups of ``metric`` ``(B, N, C)`` whose tokens are most alike.
 
     ``groups`` ``(N - num_protected,)`` gives each unprotected token's group (:func:`window_groups`),
@@ -155,6 +158,8 @@ def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, nu
     ``threshold``: merge only groups scoring at least this (ALGM's adaptive rule); the count is then
     the smallest number of such groups among the images of the batch, at most ``count``. The output
     is the prefix, the tokens left alone (in order), then one token per merged group.
+    ``allowed`` ``(B, G)`` bool: groups that may merge (a group holding padding or two shift regions
+    may not); the others rank below every allowed group and merge only when ``count`` leaves no other.
     """
     B, N, _ = metric.shape
     p = num_protected
@@ -167,6 +172,8 @@ def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, nu
     k, n_groups = lay.size, lay.count
     with torch.no_grad():
         scores = group_scores(metric[:, p:], lay)
+        if allowed is not None:
+            scores = torch.where(allowed, scores, scores.new_tensor(_BARRED_GROUP_SCORE))
         count = min(int(count), n_groups)
         if threshold is not None:
             count = min(count, int((scores >= threshold).sum(1).min()))

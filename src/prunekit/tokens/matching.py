@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Matching", "bipartite_soft_matching", "merge_wavg", "merge_positions", "unmerge",
+__all__ = ["Matching", "bipartite_soft_matching", "compose", "merge_wavg", "merge_positions", "unmerge",
            "source_matrix", "attention_bias", "identity_matching"]
 
 _PAD_PAIR_SCORE = 2.0      # above any cosine similarity: padding merges with padding first
@@ -126,6 +126,23 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, *, num_protected: int 
         return torch.cat([prefix, rest], dim=1)
 
     return Matching(merge, unmerge_layer, r)
+
+
+def compose(first: Matching, then: Matching) -> Matching:
+    """The matching that merges by ``first``, then by ``then`` (un-merging in the reverse order).
+
+    >>> import torch
+    >>> m = compose(bipartite_soft_matching(torch.tensor([[[1., 0.], [1., 0.], [0., 1.], [1., 1.]]]), r=1),
+    ...             identity_matching())
+    >>> m.r, m.unmerge(m.merge(torch.arange(4.).view(1, 4, 1), "amax")).flatten().tolist()
+    (1, [1.0, 1.0, 2.0, 3.0])
+    """
+    if then.r == 0:
+        return first
+    if first.r == 0:
+        return then
+    return Matching(lambda x, mode="sum": then.merge(first.merge(x, mode), mode),
+                    lambda y: first.unmerge(then.unmerge(y)), first.r + then.r)
 
 
 def merge_wavg(matching: Matching, x: torch.Tensor, size: torch.Tensor | None = None

@@ -357,13 +357,12 @@ def _merge_windowed(model: nn.Module, blocks: list, r: RSpec, prop_attn: bool, t
                     target_macs: float | None, example_inputs: Any, reducer: str, local: LocalMerge | None,
                     saliency: SaliencyMerge | None) -> nn.Module:
     """:func:`merge` on a windowed backbone: ``r`` tokens merged per attention window in every block
-    (:mod:`prunekit.tokens.windowed`); options that need one shrinking token sequence are refused."""
+    (:mod:`prunekit.tokens.windowed`), after ``local``'s groups of neighbours (merge_dense); options that
+    need one shrinking token sequence are refused."""
     from prunekit.measure import count_macs
     from prunekit.tokens import windowed
     name, op = type(model).__name__, "merge tokens inside attention windows"
-    refused = [(local is not None, "a local stage (merge_dense): every merge here is already local to its window; "
-                                   "use merge(model, r=...)"),
-               (saliency is not None, "a saliency stage (merge_video)"),
+    refused = [(saliency is not None, "a saliency stage (merge_video)"),
                (reducer != "merge", f"reducer={reducer!r} (top-k drop and EViT need a class token)")]
     # trace_source is accepted and records nothing (last_info stays None): each block un-merges its windows
     for bad, what in refused:
@@ -376,14 +375,16 @@ def _merge_windowed(model: nn.Module, blocks: list, r: RSpec, prop_attn: bool, t
             raise PruningError(name, op, f"target_macs must be in (0, 1], got {target_macs}")
     else:
         windowed.plan(blocks, r)   # checked before anything changes
+    if local is not None:
+        windowed.check_local(blocks, local)
     unpatch(model)
     if target_macs is None:
-        return windowed.merge_in_windows(model, blocks, r, prop_attn)
+        return windowed.merge_in_windows(model, blocks, r, prop_attn, local=local)
     inputs = example_inputs if isinstance(example_inputs, tuple | list) else (example_inputs,)
 
     def macs_at(value: int) -> int:
         windowed.unpatch_windows(model)
-        windowed.merge_in_windows(model, blocks, value, prop_attn)
+        windowed.merge_in_windows(model, blocks, value, prop_attn, local=local)
         return count_macs(model, tuple(inputs))
 
     try:
@@ -402,7 +403,7 @@ def _merge_windowed(model: nn.Module, blocks: list, r: RSpec, prop_attn: bool, t
                 lo = mid + 1
     finally:
         windowed.unpatch_windows(model)
-    return windowed.merge_in_windows(model, blocks, lo, prop_attn)
+    return windowed.merge_in_windows(model, blocks, lo, prop_attn, local=local)
 
 
 def _check_local(model: nn.Module, local: LocalMerge, schedule: Schedule) -> None:

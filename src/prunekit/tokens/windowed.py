@@ -19,6 +19,12 @@ inside each window:
 4. the MLP half runs on the same windows merged the same way (on by default, ``mlp=False`` to
    keep it whole), and is un-merged again.
 
+:func:`prunekit.tokens.merge_dense` puts a local stage first in every window (after ALGM): the
+``windows`` 2x2 neighbourhoods of the window whose tokens are most alike collapse into one token each
+(never across shift regions or into padding while another is left), and the ``r`` pairs of step 1
+are then matched among what is left. Blocks before its ``layer`` merge nothing; its adaptive
+``threshold`` is refused (every window of a batch merges the same count).
+
 The grid therefore leaves every block whole: Swin's patch merging, SAM's neck and any dense head
 run unchanged. Blocks with global attention (SAM's ``global_attn_indexes``) merge the same share of
 their tokens over the whole grid. ``r=0`` gives the dense outputs (within float rounding).
@@ -44,15 +50,17 @@ True
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from prunekit.errors import PruningError
-from prunekit.tokens.matching import Matching, bipartite_soft_matching, merge_wavg
+from prunekit.tokens.groups import GroupLayout, LocalMerge, group_matching
+from prunekit.tokens.matching import Matching, bipartite_soft_matching, compose, identity_matching, merge_wavg
 
-__all__ = ["WindowMerge", "windowed_blocks", "patch_windows", "unpatch_windows", "is_window_patched",
+__all__ = ["WindowMerge", "window_matching", "windowed_blocks", "patch_windows", "unpatch_windows", "is_window_patched",
            "representatives", "window_bias"]
 
 KEY = "_tome_window"
@@ -66,6 +74,74 @@ class WindowMerge:
     prop_attn: bool = True
     mlp: bool = True
     area: int = 0   # on a SAM global block: the window area of the model's windowed blocks (its share of r)
+    local: int = 0  # merge_dense's local stage: this many (h, w) groups of each window collapse first
+    window: tuple[int, int] = (2, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _group_lists(grid: tuple[int, int], window: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(group of each token, the grouped tokens)`` of a window grid, as plain ints (cached: no tensor
+    is kept, so none made under an export's fake mode outlives it)."""
+    (h, w), (a, b) = grid, window
+    per_row = w // b
+    groups = tuple((i // a) * per_row + j // b if i < h // a * a and j < per_row * b else -1
+                   for i in range(h) for j in range(w))
+    return groups, tuple(k for k, g in enumerate(groups) if g >= 0)
+
+
+def _layout(grid: tuple[int, int], window: tuple[int, int]) -> GroupLayout:
+    """The groups of a window grid (as :func:`~prunekit.tokens.groups.window_groups`) worked out in plain
+    Python, so that ``torch.export`` records constants, not a data-dependent ``nonzero``.
+
+    >>> _layout((3, 3), (2, 2)).groups.tolist(), _layout((3, 3), (2, 2)).count
+    ([0, 0, -1, 0, 0, -1, -1, -1, -1], 1)
+    """
+    groups, inside = _group_lists(grid, window)
+    return GroupLayout(torch.tensor(groups), torch.tensor(inside, dtype=torch.long),
+                       torch.tensor([groups[k] for k in inside], dtype=torch.long), window[0] * window[1],
+                       (grid[0] // window[0]) * (grid[1] // window[1]))
+
+
+def window_matching(tokens: torch.Tensor, grid: tuple[int, int], r: int, local: int = 0,
+                    window: tuple[int, int] = (2, 2), valid: torch.Tensor | None = None,
+                    regions: torch.Tensor | None = None) -> Matching:
+    """One block's matching of its windows ``tokens`` ``(B, h*w, C)`` laid on ``grid`` ``(h, w)``.
+
+    With ``local`` (merge_dense, after ALGM), the ``local`` ``window``-sized groups of neighbours
+    whose tokens are most alike collapse into one token each first (groups that hold padding or two
+    shift regions only when no other is left); then ``r`` more tokens merge by bipartite soft
+    matching over the window. ``valid`` ``(B, N)`` marks real tokens, ``regions`` ``(B, N)`` Swin's
+    shift regions.
+
+    >>> import torch
+    >>> t = torch.randn(1, 16, 8)
+    >>> m = window_matching(t, (4, 4), r=2, local=1)      # one 2x2 group of 4 -> 1, then 2 pairs
+    >>> m.r, m.merge(t).shape
+    (5, torch.Size([1, 11, 8]))
+    """
+    first = identity_matching()
+    if local > 0:
+        lay = _layout(tuple(grid), tuple(window))
+        allowed = None
+        if valid is not None or regions is not None:
+            ok = torch.ones(tokens.shape[0], lay.count, dtype=torch.bool, device=tokens.device)
+            inside, members = lay.inside.to(tokens.device), lay.members.to(tokens.device)
+            idx = members.expand(tokens.shape[0], -1)
+            if valid is not None:
+                pad = (~valid[:, inside]).to(torch.uint8)
+                ok &= ok.new_zeros(ok.shape, dtype=torch.uint8).scatter_reduce(1, idx, pad, "amax") == 0
+            if regions is not None:
+                ids = regions[:, inside].long()
+                hi = ids.new_zeros(ok.shape).scatter_reduce(1, idx, ids, "amax", include_self=False)
+                lo = ids.new_zeros(ok.shape).scatter_reduce(1, idx, ids, "amin", include_self=False)
+                ok &= hi == lo
+            allowed = ok
+        first = group_matching(tokens, lay, local, allowed=allowed)
+        if first.r:
+            tokens = merge_wavg(first, tokens, None if valid is None else valid[..., None].to(tokens.dtype))[0]
+            valid = None if valid is None else first.merge(valid[..., None].to(tokens.dtype), "amax")[..., 0] > 0
+            regions = None if regions is None else first.merge(regions[..., None].float(), "amax")[..., 0].long()
+    return compose(first, bipartite_soft_matching(tokens, r, valid=valid, regions=regions))
 
 
 def _classes() -> dict[type, str]:
@@ -104,11 +180,19 @@ def is_window_patched(model: nn.Module) -> bool:
 
 
 def patch_windows(blocks: list[tuple[str, nn.Module, str]], rs: list[int], prop_attn: bool = True,
-                  mlp: bool = True) -> None:
-    """Switch each block to its merging class with ``rs[i]`` tokens merged per window (reversible)."""
+                  mlp: bool = True, local: LocalMerge | None = None) -> None:
+    """Switch each block to its merging class with ``rs[i]`` tokens merged per window (reversible).
+
+    ``local``: merge_dense's stage, ``local.count`` groups of ``local.window`` per window in every
+    block from ``local.layer`` on (blocks before it merge nothing)."""
     area = max((window_tokens(b) for _, b, f in blocks if f == "sam" and b.window_size > 0), default=0)
-    for (_, blk, family), r in zip(blocks, rs, strict=True):
-        blk.__dict__[KEY] = WindowMerge(int(r), prop_attn, mlp, area)
+    for i, ((_, blk, family), r) in enumerate(zip(blocks, rs, strict=True)):
+        cfg = WindowMerge(int(r), prop_attn, mlp, area)
+        if local is not None:
+            before = i < local.layer
+            cfg = WindowMerge(0 if before else int(r), prop_attn, mlp, area, 0 if before else local.count,
+                              local.window[1:])
+        blk.__dict__[KEY] = cfg
         blk.__class__ = _merging_class(type(blk), family)
 
 
@@ -229,8 +313,8 @@ def _sam_forward(self, x: torch.Tensor) -> torch.Tensor:
     valid = None
     if pad_hw is not None and tuple(pad_hw) != (H, W):
         valid = windows_of(x.new_ones(B, H, W, 1))[0].reshape(Bw, N) > 0
-    r = round(cfg.r * N / cfg.area) if ws == 0 and cfg.area else cfg.r
-    match = bipartite_soft_matching(tokens, r, valid=valid)
+    share = N / cfg.area if ws == 0 and cfg.area else 1   # a global block merges its share of the grid
+    match = window_matching(tokens, (h, w), round(cfg.r * share), round(cfg.local * share), cfg.window, valid)
     size0 = valid[..., None].to(x.dtype) if valid is not None else None
     t, size = merge_wavg(match, tokens, size0)
     attn = self.attn
@@ -297,7 +381,7 @@ def _swin_forward(self, x: torch.Tensor) -> torch.Tensor:
     valid = None
     if pad_h or pad_w:
         valid = windows_of(x.new_ones(B, H, W, 1))[..., 0] > 0
-    match = bipartite_soft_matching(tokens, cfg.r, valid=valid, regions=regions)
+    match = window_matching(tokens, (wh, ww), cfg.r, cfg.local, cfg.window, valid, regions)
     size0 = valid[..., None].to(x.dtype) if valid is not None else None
     t, size = merge_wavg(match, tokens, size0)
     attn = self.attn
@@ -333,8 +417,31 @@ def plan(blocks: list[tuple[str, nn.Module, str]], r) -> list[int]:
                        f"r must be an int or a per-block list inside attention windows, got {type(r).__name__}")
 
 
+def check_local(blocks: list[tuple[str, nn.Module, str]], local: LocalMerge) -> None:
+    """Refuse a local stage the windows cannot take (raised before anything changes)."""
+    def bad(reason: str) -> PruningError:
+        return PruningError("model", "merge tokens locally inside attention windows", reason)
+    if local.threshold is not None:
+        raise bad("threshold= (ALGM's adaptive count) picks one count per image, but every attention window of "
+                  "the batch merges the same count here; pass threshold=None and a count per window")
+    if local.window[0] != 1:
+        raise bad(f"window {local.window} spans time; an image backbone's window is (1, h, w)")
+    if local.layer >= len(blocks):
+        raise bad(f"layer {local.layer} is past the last of the {len(blocks)} windowed blocks")
+    for name, blk, _ in blocks:
+        if blk.window_size == 0:
+            continue
+        ws = blk.window_size if isinstance(blk.window_size, tuple | list) else (blk.window_size,) * 2
+        if local.window[1] > int(ws[0]) or local.window[2] > int(ws[1]):
+            raise bad(f"{name}'s attention window {tuple(int(v) for v in ws)} is smaller than the local window "
+                      f"{local.window[1:]}")
+
+
 def merge_in_windows(model: nn.Module, blocks: list[tuple[str, nn.Module, str]], r, prop_attn: bool = True,
-                     mlp: bool = True) -> nn.Module:
-    """Patch ``blocks`` of ``model`` (from :func:`windowed_blocks`); called by :func:`prunekit.tokens.merge`."""
-    patch_windows(blocks, plan(blocks, r), prop_attn, mlp)
+                     mlp: bool = True, local: LocalMerge | None = None) -> nn.Module:
+    """Patch ``blocks`` of ``model`` (from :func:`windowed_blocks`); called by :func:`prunekit.tokens.merge`
+    (``local``: from :func:`prunekit.tokens.merge_dense`)."""
+    if local is not None:
+        check_local(blocks, local)
+    patch_windows(blocks, plan(blocks, r), prop_attn, mlp, local)
     return model
