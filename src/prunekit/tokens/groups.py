@@ -180,7 +180,8 @@ def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, nu
         if count <= 0:
             return identity_matching()
         chosen = torch.zeros(B, n_groups, dtype=torch.bool, device=metric.device)
-        chosen.scatter_(1, scores.topk(count, dim=1).indices, True)
+        top = scores.topk(count, dim=1).indices
+        chosen.scatter_(1, top, True)
         in_chosen = chosen[:, groups.clamp_min(0)] & (groups >= 0)  # (B, N - p); no bool where (ONNX)
         n_alone = N - p - count * k
         alone_rank = (~in_chosen).long().cumsum(1) - 1
@@ -189,4 +190,37 @@ def group_matching(metric: torch.Tensor, groups: torch.Tensor, count: int, *, nu
         body = torch.where(in_chosen, merged_slot, alone_rank) + p
         prefix = torch.arange(p, device=metric.device).expand(B, p)
         assign = torch.cat([prefix, body], dim=1)
-    return matching_from_assignment(assign, p + n_alone + count)
+        # merging gathers instead of scattering the whole sequence (4x faster on CPU): the tokens left
+        # alone in order, then each chosen group's k members, groups in id order (= their slots)
+        pos = torch.arange(N - p, device=metric.device)   # sort keys below are unique: no stable sort needed
+        alone = (in_chosen.long() * (N - p) + pos).topk(n_alone, dim=1, largest=False).indices
+        inside, members = lay.inside.to(metric.device), lay.members.to(metric.device)
+        table = inside[(members * (N - p) + inside).argsort()].view(n_groups, k)
+        members = table[top.sort(dim=1).values].view(B, count * k)     # the chosen groups in id order
+    return _gathering(assign, p, alone, members, count, k)
+
+
+def _gathering(assign: torch.Tensor, p: int, alone: torch.Tensor, members: torch.Tensor, count: int,
+               k: int) -> Matching:
+    """The matching of :func:`group_matching`, merging and un-merging by row selects of the flattened
+    batch (``sum`` and ``amax``; other modes scatter)."""
+    B, N = assign.shape
+    fallback = matching_from_assignment(assign, p + alone.shape[1] + count)
+    rows = torch.arange(B, device=assign.device)[:, None]
+    pick = torch.cat([alone, members], dim=1) + rows * (N - p)      # rows of the flattened body
+    back = (assign + rows * (p + alone.shape[1] + count)).flatten()    # rows of the flattened output
+
+    def merge(x: torch.Tensor, mode: str = "sum") -> torch.Tensor:
+        if mode not in ("sum", "amax"):
+            return fallback.merge(x, mode)
+        c = x.shape[-1]
+        taken = x[:, p:].reshape(B * (N - p), c).index_select(0, pick.flatten()).view(B, -1, c)
+        left, grouped = taken[:, :alone.shape[1]], taken[:, alone.shape[1]:].view(B, count, k, c)
+        grouped = grouped.sum(2) if mode == "sum" else grouped.amax(2)
+        return torch.cat([x[:, :p], left, grouped], dim=1)
+
+    def unmerge(y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(-1, y.shape[-1]).index_select(0, back).view(B, N, y.shape[-1])
+
+    return Matching(merge, unmerge, fallback.r)
+
