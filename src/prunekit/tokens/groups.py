@@ -19,14 +19,15 @@ tokens; a window ``(t, h, w)`` tiles it into groups; the ``count`` groups whose 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 from prunekit.tokens.matching import Matching, identity_matching
 
-__all__ = ["LocalMerge", "window_groups", "GroupLayout", "group_layout", "group_scores", "matching_from_assignment",
-           "group_matching"]
+__all__ = ["LocalMerge", "window_groups", "window_layout", "GroupLayout", "group_layout", "group_scores",
+           "matching_from_assignment", "group_matching"]
 
 
 _BARRED_GROUP_SCORE = -4.0  # below any mean cosine: a barred group merges only when count leaves no other
@@ -68,6 +69,28 @@ def window_groups(grid: tuple[int, int, int], window: tuple[int, int, int]) -> t
     >>> window_groups((1, 3, 3), (1, 2, 2)).tolist()
     [0, 0, -1, 0, 0, -1, -1, -1, -1]
     """
+    return torch.tensor(_window_lists(tuple(grid), tuple(window))[0])
+
+
+def window_layout(grid: tuple[int, int, int], window: tuple[int, int, int]) -> GroupLayout:
+    """:class:`GroupLayout` of :func:`window_groups`, worked out in plain Python: under ``torch.export``
+    it is made of constants (no data-dependent ``nonzero`` as in :func:`group_layout`).
+
+    >>> window_layout((1, 3, 3), (1, 2, 2)).inside.tolist(), window_layout((1, 3, 3), (1, 2, 2)).count
+    ([0, 1, 3, 4], 1)
+    """
+    groups, inside = _window_lists(tuple(grid), tuple(window))
+    (T, H, W), (wt, wh, ww) = grid, window
+    return GroupLayout(torch.tensor(groups), torch.tensor(inside, dtype=torch.long),
+                       torch.tensor([groups[k] for k in inside], dtype=torch.long), wt * wh * ww,
+                       (T // wt) * (H // wh) * (W // ww))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_lists(grid: tuple[int, int, int], window: tuple[int, int, int]
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(group of each token, the grouped tokens)`` as plain ints (cached: no tensor is kept, so none
+    made under an export's fake mode outlives it)."""
     (T, H, W), (wt, wh, ww) = grid, window
     if min(grid) < 1 or min(window) < 1:
         raise ValueError(f"grid {grid} and window {window} must be positive")
@@ -75,11 +98,10 @@ def window_groups(grid: tuple[int, int, int], window: tuple[int, int, int]) -> t
         raise ValueError(f"window {window} holds one token: nothing to merge")
     if wt > T or wh > H or ww > W:
         raise ValueError(f"window {window} is larger than the token grid {grid}")
-    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
     nt, nh, nw = T // wt, H // wh, W // ww
-    gid = ((t // wt) * nh + h // wh) * nw + w // ww
-    full = (t < nt * wt) & (h < nh * wh) & (w < nw * ww)
-    return torch.where(full, gid, -1).flatten()
+    groups = tuple(((t // wt) * nh + h // wh) * nw + w // ww if t < nt * wt and h < nh * wh and w < nw * ww else -1
+                   for t in range(T) for h in range(H) for w in range(W))
+    return groups, tuple(k for k, g in enumerate(groups) if g >= 0)
 
 
 @dataclass

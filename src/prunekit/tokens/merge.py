@@ -41,7 +41,7 @@ from torch import nn
 
 from prunekit.errors import PruningError
 from prunekit.tokens.adapters import ADAPTERS, Adapter, Target
-from prunekit.tokens.groups import LocalMerge, group_layout, group_matching, window_groups
+from prunekit.tokens.groups import LocalMerge, group_matching, window_groups, window_layout
 from prunekit.tokens.matching import attention_bias, bipartite_soft_matching, merge_positions, merge_wavg, unmerge
 from prunekit.tokens.prune import class_attention, fuse_inattentive, keep_tokens, topk_keep
 from prunekit.tokens.saliency import SaliencyMerge, background_matching, saliency_from_qk
@@ -341,7 +341,7 @@ def merge(model: nn.Module, r: RSpec = 0, *, prop_attn: bool = True, trace_sourc
         for adapter, t in found:
             patch = _Patch(adapter, t, config, model, type(t.container))
             if local is not None:  # computed once here, not in every forward
-                patch.extra["groups"] = group_layout(window_groups(t.grid, local.window))
+                patch.extra["groups"] = window_layout(t.grid, local.window)
             adapter.install(t)
             t.container.__dict__["_tome"] = patch
             t.container.__class__ = _PATCHED_CLASS[patch.original_class]

@@ -50,14 +50,13 @@ True
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from prunekit.errors import PruningError
-from prunekit.tokens.groups import GroupLayout, LocalMerge, group_matching
+from prunekit.tokens.groups import LocalMerge, group_matching, window_layout
 from prunekit.tokens.matching import Matching, bipartite_soft_matching, compose, identity_matching, merge_wavg
 
 __all__ = ["WindowMerge", "window_matching", "windowed_blocks", "patch_windows", "unpatch_windows", "is_window_patched",
@@ -76,30 +75,6 @@ class WindowMerge:
     area: int = 0   # on a SAM global block: the window area of the model's windowed blocks (its share of r)
     local: int = 0  # merge_dense's local stage: this many (h, w) groups of each window collapse first
     window: tuple[int, int] = (2, 2)
-
-
-@functools.lru_cache(maxsize=64)
-def _group_lists(grid: tuple[int, int], window: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(group of each token, the grouped tokens)`` of a window grid, as plain ints (cached: no tensor
-    is kept, so none made under an export's fake mode outlives it)."""
-    (h, w), (a, b) = grid, window
-    per_row = w // b
-    groups = tuple((i // a) * per_row + j // b if i < h // a * a and j < per_row * b else -1
-                   for i in range(h) for j in range(w))
-    return groups, tuple(k for k, g in enumerate(groups) if g >= 0)
-
-
-def _layout(grid: tuple[int, int], window: tuple[int, int]) -> GroupLayout:
-    """The groups of a window grid (as :func:`~prunekit.tokens.groups.window_groups`) worked out in plain
-    Python, so that ``torch.export`` records constants, not a data-dependent ``nonzero``.
-
-    >>> _layout((3, 3), (2, 2)).groups.tolist(), _layout((3, 3), (2, 2)).count
-    ([0, 0, -1, 0, 0, -1, -1, -1, -1], 1)
-    """
-    groups, inside = _group_lists(grid, window)
-    return GroupLayout(torch.tensor(groups), torch.tensor(inside, dtype=torch.long),
-                       torch.tensor([groups[k] for k in inside], dtype=torch.long), window[0] * window[1],
-                       (grid[0] // window[0]) * (grid[1] // window[1]))
 
 
 def window_matching(tokens: torch.Tensor, grid: tuple[int, int], r: int, local: int = 0,
@@ -121,7 +96,7 @@ def window_matching(tokens: torch.Tensor, grid: tuple[int, int], r: int, local: 
     """
     first = identity_matching()
     if local > 0:
-        lay = _layout(tuple(grid), tuple(window))
+        lay = window_layout((1, *grid), (1, *window))
         allowed = None
         if valid is not None or regions is not None:
             ok = torch.ones(tokens.shape[0], lay.count, dtype=torch.bool, device=tokens.device)
