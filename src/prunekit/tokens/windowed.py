@@ -162,11 +162,12 @@ def patch_windows(blocks: list[tuple[str, nn.Module, str]], rs: list[int], prop_
     block from ``local.layer`` on (blocks before it merge nothing)."""
     area = max((window_tokens(b) for _, b, f in blocks if f == "sam" and b.window_size > 0), default=0)
     for i, ((_, blk, family), r) in enumerate(zip(blocks, rs, strict=True)):
-        cfg = WindowMerge(int(r), prop_attn, mlp, area)
-        if local is not None:
-            before = i < local.layer
-            cfg = WindowMerge(0 if before else int(r), prop_attn, mlp, area, 0 if before else local.count,
-                              local.window[1:])
+        if local is None:
+            cfg = WindowMerge(int(r), prop_attn, mlp, area)
+        elif i < local.layer:
+            cfg = WindowMerge(0, prop_attn, mlp, area, 0, local.window[1:])
+        else:
+            cfg = WindowMerge(int(r), prop_attn, mlp, area, local.count, local.window[1:])
         blk.__dict__[KEY] = cfg
         blk.__class__ = _merging_class(type(blk), family)
 
