@@ -73,12 +73,13 @@ class Certain(torch.nn.Module):
         return torch.stack([self.scores, -self.scores], -1).expand(t.shape[0], -1, -1)
 
 
-def test_training_and_inference_paths_agree_on_what_is_kept():
-    """With confident scorers the Gumbel sample is the top-k choice: both paths keep the same tokens
-    and give the same logits."""
+@pytest.mark.parametrize("sampling", DynamicViT.SAMPLINGS)
+def test_training_and_inference_paths_agree_on_what_is_kept(sampling):
+    """With confident scorers the Gumbel sample (or the Gumbel-top-k draw) is the top-k choice: both
+    paths keep the same tokens and give the same logits."""
     torch.manual_seed(0)
     vit = VisionTransformer(**KW).eval()
-    dyn = DynamicViT(vit, stages=(2,), keep=0.5)
+    dyn = DynamicViT(vit, stages=(2,), keep=0.5, sampling=sampling)
     with torch.no_grad():   # keep exactly the patches whose first embedding feature is largest
         scorer = dyn.scorers[0]
         scorer.out[-1].weight.zero_()
@@ -94,6 +95,34 @@ def test_training_and_inference_paths_agree_on_what_is_kept():
     logits, _, masks = dyn.forward_with_masks(x)
     assert masks[0].sum() == 32 and torch.equal(masks[0][0].nonzero()[:, 0], kept[0][0])
     assert (logits - want_logits).abs().max() <= 1e-4
+
+
+def test_topk_sampling_keeps_exactly_the_inference_counts_and_trains_the_scorers():
+    torch.manual_seed(0)
+    dyn = DynamicViT(VisionTransformer(**KW), stages=(1, 2, 3), keep=0.6, sampling="topk").train()
+    loss, parts = dynamic_loss(dyn, X, torch.tensor([0, 1, 2]), VisionTransformer(**KW).eval())
+    _, _, masks = dyn.forward_with_masks(X)
+    counts = dyn.token_counts()                                  # [64, 38, 23, 14]
+    for stage, (m, prev) in enumerate(zip(masks, [torch.ones(3, 64)] + masks[:-1], strict=True)):
+        assert set(m.detach().unique().tolist()) <= {0.0, 1.0}
+        assert m.sum(1).tolist() == [float(counts[dyn.stages[stage]])] * 3    # exactly what inference keeps
+        assert bool((m.detach() <= prev.detach()).all())         # a dropped token never comes back
+    assert parts["kept"] == pytest.approx(counts[-1] / 64)
+    loss.backward()
+    grads = [p.grad for p in dyn.scorers.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_topk_sampling_draws_without_replacement_by_the_scores():
+    """Gumbel-top-k: a token is drawn first with probability softmax(score); a clearly higher score
+    is kept far more often, yet every still-kept token can be drawn."""
+    torch.manual_seed(0)
+    score = torch.tensor([[2.0, 0.0, 0.0, -50.0]]).expand(4000, -1)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).expand(4000, -1)
+    hard = dynamic_module.sample_topk(score, mask, 1)
+    share = hard.mean(0)
+    p = torch.tensor([2.0, 0.0, 0.0]).softmax(0)                 # 0.787, 0.107, 0.107
+    assert share[3] == 0 and torch.allclose(share[:3], p, atol=0.03)  # 3 sigma of a 4000-draw share: 0.02
 
 
 def test_loss_parts_and_gradients_reach_the_scorers():
@@ -117,11 +146,11 @@ def test_fit_learns_the_keep_ratio_and_leaves_eval_mode():
 
 
 def test_save_load_round_trip(tmp_path):
-    dyn = DynamicViT(VisionTransformer(**KW), stages=(1, 2), keep=0.6).eval()
+    dyn = DynamicViT(VisionTransformer(**KW), stages=(1, 2), keep=0.6, sampling="topk").eval()
     path = tmp_path / "dyn.safetensors"
     prunekit.save(dyn, path)
     back = prunekit.load(path).eval()
-    assert isinstance(back, DynamicViT) and back.stages == (1, 2) and back.keep == 0.6
+    assert isinstance(back, DynamicViT) and back.stages == (1, 2) and back.keep == 0.6 and back.sampling == "topk"
     with torch.no_grad():
         assert torch.equal(back(X), dyn(X))
 
@@ -131,6 +160,7 @@ def test_save_load_round_trip(tmp_path):
     (dict(stages=(2, 2)), "increasing"),
     (dict(stages=(4,)), "1..3"),
     (dict(stages=(1,), keep=0.0), "keep=0.0"),
+    (dict(stages=(1,), sampling="bernoulli"), "sampling='bernoulli': choose one of gumbel, topk"),
 ])
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(PruningError, match=match):

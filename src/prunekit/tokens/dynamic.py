@@ -37,7 +37,7 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.tokens.adapters.timm import TimmAdapter
 
-__all__ = ["TokenScorer", "DynamicViT", "masked_attention"]
+__all__ = ["TokenScorer", "DynamicViT", "masked_attention", "sample_topk"]
 
 
 class TokenScorer(nn.Module):
@@ -89,15 +89,45 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: to
     return (attn @ v).transpose(1, 2).reshape(B, N, H * D)
 
 
+def sample_topk(score: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """A ``(B, N)`` keep mask of exactly ``k`` of the still-kept tokens (``mask``), drawn without
+    replacement by the Gumbel-top-k trick on the keep log-odds ``score``; its value is 0/1 and its
+    gradient flows through ``sigmoid(score)`` (straight-through).
+
+    >>> s = torch.tensor([[3.0, -2.0, 1.0, 0.5]])
+    >>> m = sample_topk(s, torch.tensor([[1.0, 1.0, 0.0, 1.0]]), 2)
+    >>> m.tolist() in ([[1.0, 0.0, 0.0, 1.0]], [[1.0, 1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0, 1.0]])
+    True
+    """
+    u = torch.rand_like(score).clamp(1e-9, 1.0 - 1e-9)
+    noisy = (score.detach() - torch.log(-torch.log(u))).masked_fill(mask <= 0, float("-inf"))
+    hard = torch.zeros_like(score).scatter(1, noisy.topk(k, dim=1).indices, 1.0)
+    soft = torch.sigmoid(score)
+    return hard + (soft - soft.detach())   # exactly 0/1 in value
+
+
 class DynamicViT(nn.Module):
     """A timm ``VisionTransformer`` (class-token head) with DynamicViT token scorers before ``stages``.
 
     ``stages``: indices of the blocks before which tokens are pruned (increasing, >= 1);
     ``keep``: the share of the remaining patch tokens kept at each stage. An untrained scorer keeps
     an arbitrary share: train with :func:`prunekit.train.fit_dynamic`.
+
+    ``sampling`` picks the training-time decisions (inference is top-k either way):
+
+    - ``"gumbel"`` (the paper): each token is kept or dropped by its own hard Gumbel-softmax sample,
+      and the keep-ratio loss pulls the share kept towards ``keep**s``;
+    - ``"topk"``: exactly the inference count is kept at every stage, drawn by the Gumbel-top-k trick
+      (the top ``k`` of log-odds plus Gumbel noise: sampling without replacement), with a
+      straight-through gradient through the keep-probability. Training then keeps the very share
+      that inference keeps, and the scorer is trained to rank, which is all top-k uses.
     """
 
-    def __init__(self, vit: nn.Module, stages: Sequence[int] = (3, 6, 9), keep: float = 0.7):
+    SAMPLINGS = ("gumbel", "topk")
+    sampling = "gumbel"   # files saved before ``sampling`` existed load with the paper's sampling
+
+    def __init__(self, vit: nn.Module, stages: Sequence[int] = (3, 6, 9), keep: float = 0.7,
+                 sampling: str = "gumbel"):
         super().__init__()
         from timm.models.vision_transformer import VisionTransformer
         name, op = type(vit).__name__, "add DynamicViT token pruning"
@@ -113,6 +143,9 @@ class DynamicViT(nn.Module):
             raise PruningError(name, op, f"stages={stages}: give increasing block indices in 1..{depth - 1}")
         if not 0.0 < float(keep) <= 1.0:
             raise PruningError(name, op, f"keep={keep}: the share of tokens kept per stage must be in (0, 1]")
+        if sampling not in self.SAMPLINGS:
+            raise PruningError(name, op, f"sampling={sampling!r}: choose one of {', '.join(self.SAMPLINGS)}")
+        self.sampling = sampling
         self.vit = vit
         self.stages = stages
         self.keep = float(keep)
@@ -156,11 +189,15 @@ class DynamicViT(nn.Module):
         adapter, p = TimmAdapter(), self.num_prefix_tokens
         B, N, _ = t.shape
         mask = t.new_ones(B, N - p)
+        counts = self.token_counts(N - p)
         masks = []
         for i, blk in enumerate(self.vit.blocks):
             if i in self.stages:
                 logits = self.scorers[self.stages.index(i)](t[:, p:], mask[..., None])
-                hard = nn.functional.gumbel_softmax(logits, hard=True)[..., 0]
+                if self.sampling == "topk":
+                    hard = sample_topk(logits[..., 0] - logits[..., 1], mask, counts[i])
+                else:
+                    hard = nn.functional.gumbel_softmax(logits, hard=True)[..., 0]
                 mask = mask * hard
                 masks.append(mask)
             keep = torch.cat([t.new_ones(B, p), mask], dim=1)
