@@ -13,6 +13,8 @@ clipping, checkpoints and DDP (the model is wrapped so that DDP sees ``forward_w
 >>> hist = fit_dynamic(dyn, batches, epochs=1, progress=False)
 >>> len(hist), sorted(hist[-1])
 (2, ['ce', 'kept', 'kept1', 'kl', 'loss', 'ratio', 'tokens'])
+>>> hist.result.steps     # the run's FitResult
+2
 """
 from __future__ import annotations
 
@@ -23,8 +25,16 @@ from torch import nn
 
 from prunekit.tokens.dynamic import DynamicViT
 from prunekit.tokens.dynamic_train import WEIGHTS, dynamic_objective
+from prunekit.train.loop import FitResult
 
-__all__ = ["fit_dynamic"]
+__all__ = ["fit_dynamic", "History"]
+
+
+class History(list):
+    """The per-step loss parts of a :func:`fit_dynamic` run; ``result`` is its :class:`FitResult`
+    (steps done, a resumed run's starting step, timing)."""
+
+    result: FitResult | None = None
 
 
 class _WithMasks(nn.Module):
@@ -40,11 +50,12 @@ class _WithMasks(nn.Module):
 
 def fit_dynamic(model: DynamicViT, batches: Any, *, epochs: float = 1, lr: float = 1e-3, backbone_lr: float = 1e-5,
                 teacher: nn.Module | None = None, weights: dict[str, float] = WEIGHTS, progress: bool = True,
-                **train_kw) -> list[dict[str, float]]:
+                **train_kw) -> History:
     """Train ``model``'s scorers (``lr``) and backbone (``backbone_lr``; 0 freezes it) on ``batches`` of
     ``(x, y)`` (any :func:`prunekit.train.fit` data form) for ``epochs``; the teacher defaults to a frozen
     copy of the backbone as it was. ``train_kw`` are further :class:`prunekit.train.TrainConfig` fields.
-    Returns the per-step loss parts; the model is left in eval mode."""
+    Returns the per-step loss parts (``.result`` holds the run's :class:`FitResult`); the model is
+    left in eval mode. How each token's keep decision is drawn in training is ``model.sampling``."""
     from prunekit.train.loop import fit
     given = teacher
     teacher = teacher if teacher is not None else copy.deepcopy(model.vit)
@@ -53,7 +64,7 @@ def fit_dynamic(model: DynamicViT, batches: Any, *, epochs: float = 1, lr: float
     trainable = {name: p.requires_grad for name, p in model.vit.named_parameters()}
     if backbone_lr <= 0:
         model.vit.requires_grad_(False)
-    history: list[dict[str, float]] = []
+    history = History()
     prefix, targets = model.num_prefix_tokens, model.keep_targets()
 
     def loss(wrapped, batch):
@@ -66,8 +77,8 @@ def fit_dynamic(model: DynamicViT, batches: Any, *, epochs: float = 1, lr: float
     train_kw.setdefault("clip_grad", None)
     train_kw.setdefault("desc", "DynamicViT")
     try:
-        fit(_WithMasks(model), batches, epochs=epochs, lr=lr, loss=loss, progress=progress,
-            lr_scales={"dyn.vit.": backbone_lr / lr if backbone_lr > 0 else 0.0}, **train_kw)
+        history.result = fit(_WithMasks(model), batches, epochs=epochs, lr=lr, loss=loss, progress=progress,
+                             lr_scales={"dyn.vit.": backbone_lr / lr if backbone_lr > 0 else 0.0}, **train_kw)
     finally:
         model.eval()
         for name, p in model.vit.named_parameters():  # as the caller had them (a frozen backbone stays frozen)
