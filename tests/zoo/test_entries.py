@@ -149,8 +149,8 @@ def test_old_tables_are_views_of_the_entries():
     assert LIMITS == {"fmnist-resnet": 2000, "fmnist-vit": 1000, "fmnist-vit-dynamic": 1000, "mosaic-segvit": 300,
                       "mosaic-det": 300, "motion-vivit": 300, "minilm": 300}
     assert registry.EVAL_SAMPLES["mosaic-segvit"] == registry.EVAL_SAMPLES["motion-vivit"] == 2000
-    assert sorted(train.RECIPES) == sorted(BUILT) and sorted(train.MORE) == ["fmnist-vit", "mosaic-segvit",
-                                                                             "motion-vivit"]
+    assert sorted(train.RECIPES) == sorted(BUILT) and sorted(train.MORE) == ["fmnist-vit", "fmnist-vit-dynamic",
+                                                                             "mosaic-segvit", "motion-vivit"]
     assert train.RECIPES["fmnist-vit"].resolve() is train.recipe_vit
     assert models.BUILDERS["fmnist-resnet"].resolve() is models.build_resnet
 

@@ -254,6 +254,24 @@ def test_a_continuation_checkpoints_and_the_same_command_resumes_it_from_its_own
     assert More(1, budget_minutes=1).start == ""  # a budgeted run is not checkpointed (see More)
 
 
+def test_the_dynamicvit_continuation_trains_its_own_objective_with_topk_and_resumes():
+    from prunekit.zoo.store import load_state, read_manifest
+    from prunekit.zoo.train import More, _continue
+    more = More(0.125, batch=32)                     # 1,024 quick images: 4 steps
+    model, route, _ = _continue("fmnist-vit-dynamic", 0, True, more)
+    old = read_manifest()["fmnist-vit-dynamic"]
+    assert route.startswith(old["route"]) and old["sha256"][:12] in route
+    assert "0.125 more epochs on 1024 images" in route and "Gumbel-top-k" in route and "137/96/67" in route
+    assert model.sampling == "topk" and not model.training
+    shipped = load_state("fmnist-vit-dynamic")
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, shipped[k])]
+    assert any(k.startswith("scorers.") for k in moved) and any(k.startswith("vit.blocks.") for k in moved)
+    again, route, _ = _continue("fmnist-vit-dynamic", 0, True, more)   # finished: the same command resumes it
+    assert "(resumed at step 4 of a stopped run)" in route
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_a_segvit_checkpoint_from_before_the_refine_head_gets_it_and_the_route_says_so(monkeypatch):
     import prunekit.zoo.store as store
     from prunekit.zoo.train import More, _continue

@@ -20,7 +20,7 @@ def register(sub) -> None:
     t.add_argument("--more-epochs", type=float, default=0.0,
                    help="continue the shipped checkpoint for E more epochs of its last stage; without --budget-minutes "
                         "it checkpoints, and the same command resumes a stopped run "
-                        "(fmnist-vit, mosaic-segvit, motion-vivit)")
+                        f"({', '.join(n for n in NAMES if entry(n).more is not None)})")
     t.add_argument("--device", default=None, help="with --more-epochs: train on this torch device (e.g. cuda)")
     t.add_argument("--batch", type=int, default=None, help="with --more-epochs: batch size (default: the stage's)")
     t.add_argument("--lr", type=float, default=None, help="with --more-epochs: peak learning rate")

@@ -401,8 +401,11 @@ class More:
                              "fixed set, so give one of them")
 
     def run(self, model: nn.Module, batches: Batches, batch: int, default_lr: float, n: int,
-            seed: int, desc: str, **fit_kw) -> tuple[str, float]:
-        """Fit on ``batches`` of ``batch``; return the route's words (``'E more epochs ... on DEVICE'``) and the lr."""
+            seed: int, desc: str, trainer: Callable[..., FitResult] | None = None, **fit_kw) -> tuple[str, float]:
+        """Fit on ``batches`` of ``batch``; return the route's words (``'E more epochs ... on DEVICE'``) and the lr.
+
+        ``trainer``: called as :func:`fit` is (the default) and returning its result, for a stage
+        that trains with its own objective (DynamicViT's)."""
         lr = self.lr or default_lr
         if n < batch:
             raise ValueError(f"continuation of {desc!r}: {n} training samples cannot fill one batch of {batch}; "
@@ -416,7 +419,7 @@ class More:
             folder = train_dir(f"{desc.replace(' ', '-')}-{key}")
             resumable = dict(checkpoint_dir=str(folder), checkpoint_every=CHECKPOINT_EVERY,
                              resume=latest(folder) is not None)
-        res = fit(model, batches, self.epochs, lr, n // batch, seed, desc=desc, device=self.device,
+        res = (trainer or fit)(model, batches, self.epochs, lr, n // batch, seed, desc=desc, device=self.device,
                   budget_s=self.budget_minutes * 60 if self.budget_minutes else None, **resumable, **fit_kw)
         cut = res.steps < max(1, int(self.epochs * (n // batch)))
         done = (f"{res.steps / (n // batch):.2f} more epochs ({self.epochs:g} asked, cut to fit "

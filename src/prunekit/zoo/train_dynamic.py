@@ -8,16 +8,21 @@ from the frozen dense fmnist-vit, and the keep-ratio loss. The run writes a chec
 :data:`CHECKPOINT_EVERY` steps under ``$PRUNEKIT_TRAIN_DIR`` (default ``runs/zoo-train``) and
 continues from the newest one when started again with the same seed, so a CPU run of hours can
 be stopped and resumed (``prunekit zoo train fmnist-vit-dynamic`` again).
+
+``prunekit zoo train fmnist-vit-dynamic --more-epochs E`` continues the shipped checkpoint
+(:func:`more_vit_dynamic`) on the same objective and learning rates, with the scorers' decisions
+drawn by Gumbel-top-k (``sampling="topk"``): training keeps exactly the tokens inference keeps.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from prunekit.tokens import DynamicViT
+from prunekit.train.loop import FitResult
 from prunekit.zoo import models
 from prunekit.zoo.store import train_dir
 
-__all__ = ["build_vit_dynamic", "recipe_vit_dynamic", "STAGES", "KEEP", "EPOCHS", "BACKBONE_LR"]
+__all__ = ["build_vit_dynamic", "recipe_vit_dynamic", "more_vit_dynamic", "STAGES", "KEEP", "EPOCHS", "BACKBONE_LR"]
 
 STAGES, KEEP = (3, 6, 9), 0.7   # the paper's DeiT-S setting
 EPOCHS = 1.0                    # over all 60,000 images (about 64 min on 2 CPU threads)
@@ -59,3 +64,31 @@ def recipe_vit_dynamic(seed: int, quick: bool, epochs: float | None = None) -> t
              f"after each stage over the last 100 training steps {kept} against targets {targets}"
              + ("; resumed from a checkpoint of a stopped run" if resumed else ""))
     return model, route
+
+
+def _fit_with_objective(teacher: nn.Module):
+    """A :meth:`prunekit.zoo.train.More.run` trainer: :func:`prunekit.train.fit_dynamic` with the recipe's
+    backbone lr and ``teacher``, called as the zoo's ``fit`` is."""
+    from prunekit.train import fit_dynamic
+
+    def trainer(model: DynamicViT, batches, epochs: float, lr: float, steps_per_epoch: int, seed: int = 0,
+                **kw) -> FitResult:
+        return fit_dynamic(model, batches, epochs=epochs, lr=lr, backbone_lr=BACKBONE_LR, teacher=teacher,
+                           steps_per_epoch=steps_per_epoch, seed=seed, **kw).result
+    return trainer
+
+
+def more_vit_dynamic(model: DynamicViT, seed: int, quick: bool, more) -> str:
+    """More epochs of the recipe's objective on the shipped checkpoint, drawing the training decisions by
+    Gumbel-top-k (exactly the inference counts); ``more`` is a :class:`prunekit.zoo.train.More`."""
+    from prunekit.zoo.registry import load
+    from prunekit.zoo.train import _fmnist, _loader
+    x, y = _fmnist(1024 if quick else more.samples)
+    batch = more.batch or BATCH
+    model.sampling = "topk"
+    done, lr = more.run(model, _loader(x, y, batch, True), batch, LR, x.shape[0], seed + 7, "fmnist-vit-dynamic more",
+                        trainer=_fit_with_objective(load("fmnist-vit").model))
+    counts = "/".join(str(c) for c in sorted(set(model.token_counts()), reverse=True))
+    return (f"{done} on {x.shape[0]} images (shift+flip, batch {batch}) with the same objective, scorers at lr "
+            f"{lr:g} and the backbone at {BACKBONE_LR:g}, the training decisions drawn by Gumbel-top-k "
+            f"(sampling='topk': exactly the {counts} patch tokens inference keeps)")
