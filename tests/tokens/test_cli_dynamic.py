@@ -28,6 +28,16 @@ def test_tokens_dynamic_trains_measures_and_saves(tmp_path, capsys):
         assert back(*x).shape == (8, 10)
 
 
+def test_tokens_dynamic_topk_sampling_trains_on_exactly_the_inference_counts(tmp_path, capsys):
+    out = tmp_path / "dyn.safetensors"
+    assert main(["tokens", "dynamic", "fmnist-vit", "--sampling", "topk", "--fit-epochs", "0.0003", "--batch", "8",
+                 "--limit", "16", "--repeats", "1", "--throughput-batch", "8", "--out", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["dynamic"]
+    assert info["sampling"] == "topk" and info["steps"] == 2
+    assert info["kept_per_stage"] == [round(c / 196, 4) for c in (137, 96, 67)]   # 0.7, 0.49, 0.343 of 196
+    assert prunekit.load(out).sampling == "topk"
+
+
 def test_tokens_dynamic_refuses_a_bad_keep_before_building_anything(capsys):
     argv = ["tokens", "dynamic", "fmnist-vit", "--keep", "1.5", "--fit-epochs", "1", "--out", "x.safetensors"]
     assert main(argv) == 2

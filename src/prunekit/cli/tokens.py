@@ -6,8 +6,9 @@ al., CVPR 2024; :func:`prunekit.tokens.show.draw_video_saliency`).
 
 ``prunekit tokens dynamic NAME --keep 0.7 --fit-epochs E [--data SPEC] --out PATH``: DynamicViT
 (Rao et al., NeurIPS 2021) token scorers before ``--stages``, trained with
-:func:`prunekit.train.fit_dynamic` (scorers at ``--lr``, the backbone at ``--backbone-lr``, distilled
-from the dense model), measured against the dense model in one run and saved with ``prunekit.save``.
+:func:`prunekit.train.fit_dynamic` (``--sampling gumbel`` as the paper, or ``topk``; scorers at
+``--lr``, the backbone at ``--backbone-lr``, distilled from the dense model), measured against the
+dense model in one run and saved with ``prunekit.save``.
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def register(sub) -> None:
     dyn.add_argument("--stages", default="3,6,9", help="blocks before which tokens are pruned (comma list)")
     dyn.add_argument("--fit-epochs", type=float, required=True, help="training epochs over --data")
     dyn.add_argument("--backbone-lr", type=float, default=1e-5, help="the backbone's learning rate (0 freezes it)")
+    dyn.add_argument("--sampling", choices=("gumbel", "topk"), default="gumbel",
+                     help="training-time keep decisions: gumbel (the paper: each token on its own, plus the "
+                          "keep-ratio loss) or topk (Gumbel-top-k: exactly the tokens inference keeps)")
     add_train_args(dyn, "training data: imagefolder:DIR or a zoo name (default: the zoo model's own)")
     add_measure_args(dyn)
     dyn.add_argument("--out", required=True, help="where to save the model (.safetensors)")
@@ -140,7 +144,8 @@ def run_dynamic(args) -> int:
     wl = resolve_model(args.model)
     zoo = (getattr(wl.model, "prunekit_meta", None) or {}).get("zoo") or (wl.name if wl.metric_key else None)
     data = load_data(args, wl.model, zoo)
-    dyn = DynamicViT(copy.deepcopy(wl.model), stages=stages, keep=args.keep)  # refuses a model it cannot prune
+    dyn = DynamicViT(copy.deepcopy(wl.model), stages=stages, keep=args.keep,
+                     sampling=args.sampling)  # refuses a model it cannot prune
     evaluate = lambda m: wl.evaluate(m, limit=args.limit)
     dense = profile(wl.model, wl.example_inputs, evaluate, repeats=1, warmup=0)
     train = data.train if data.steps_per_epoch else _loader(data.train, args.batch, True, args.workers, True)
@@ -149,7 +154,8 @@ def run_dynamic(args) -> int:
                           optimizer=args.optimizer, checkpoint_dir=_checkpoint_dir(args), resume=args.resume,
                           **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}))
     result = measured(dataclasses.replace(wl, model=dyn), wl.model, dense, "tokens dynamic", evaluate, args)
-    info = {"keep": args.keep, "stages": list(stages), "fit_epochs": args.fit_epochs, "steps": len(history),
+    info = {"keep": args.keep, "stages": list(stages), "sampling": args.sampling, "fit_epochs": args.fit_epochs,
+            "steps": len(history),
             "lr": args.lr or 1e-3, "backbone_lr": args.backbone_lr, "data": data.info,
             "last_loss": {k: round(float(v), 4) for k, v in history[-1].items()} if history else {},
             # the share of patch tokens kept after each stage, over the last 50 steps, against its target
