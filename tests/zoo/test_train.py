@@ -305,10 +305,12 @@ def test_quick_detection_recipe_trains_and_scores_coco_map(tmp_path, monkeypatch
     from prunekit.zoo.registry import evaluate_model
     from prunekit.zoo.train_det import det_batches, recipe_det
     monkeypatch.setenv("PRUNEKIT_TRAIN_DIR", str(tmp_path))
-    x, boxes, classes, _ = load_det_mosaic("train", n=8)
+    x, boxes, classes, ignore = load_det_mosaic("train", n=8)
     g = torch.Generator().manual_seed(0)
     plain = next(det_batches(x, boxes, classes, 8, False)(torch.Generator().manual_seed(0)))
-    xb, bb, cb = next(det_batches(x, boxes, classes, 8, True)(g))
+    xb, bb, cb, ib = next(det_batches(x, boxes, classes, 8, True, ignore)(g))
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ib, ignore[order]) and torch.equal(cb, classes[order])  # flags travel with their items
     flipped = [i for i in range(8) if not torch.equal(xb[i], plain[0][i])]
     assert flipped and all(torch.equal(xb[i], plain[0][i].flip(-1)) for i in flipped)
     for i in flipped:  # each flipped box is the mirror image of the unflipped one

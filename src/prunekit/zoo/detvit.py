@@ -26,7 +26,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["DetViT", "build_detvit", "centernet_targets", "centernet_loss", "decode", "STRIDE", "NUM_CLASSES"]
+__all__ = ["DetViT", "build_detvit", "centernet_targets", "centernet_ignore", "centernet_loss", "decode", "STRIDE",
+           "NUM_CLASSES"]
 
 STRIDE = 4          # output cells per px: 112 px -> 28 x 28
 NUM_CLASSES = 10
@@ -69,7 +70,8 @@ def centernet_targets(targets: list[dict], size: int, num_classes: int = NUM_CLA
     """Training targets from per-image ``{"boxes" xyxy px, "labels"}``: ``heat (B, classes, S, S)`` (an
     elliptic Gaussian per object, TTFNet's sigma = 0.54 * side / 6, peak 1 at the centre cell),
     ``box (B, 4, S, S)`` (w, h in cells, x, y offset of the centre in its cell) and ``mask (B, S, S)``
-    (1 at each object's centre cell), with ``S = size // STRIDE``."""
+    (1 at each object's centre cell), with ``S = size // STRIDE``. Objects flagged in an optional
+    ``"ignore"`` (K,) bool are left out (see :func:`centernet_ignore`)."""
     s = size // STRIDE
     b = len(targets)
     heat = torch.zeros(b, num_classes, s, s)
@@ -80,7 +82,10 @@ def centernet_targets(targets: list[dict], size: int, num_classes: int = NUM_CLA
     for i, t in enumerate(targets):
         order = torch.argsort((t["boxes"][:, 2] - t["boxes"][:, 0]) * (t["boxes"][:, 3] - t["boxes"][:, 1]),
                               descending=True)  # small objects last: their centre cell wins a tie
+        skip = t.get("ignore")
         for j in order.tolist():
+            if skip is not None and bool(skip[j]):
+                continue
             x0, y0, x1, y1 = (t["boxes"][j] / STRIDE).tolist()
             w, h = x1 - x0, y1 - y0
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -94,16 +99,42 @@ def centernet_targets(targets: list[dict], size: int, num_classes: int = NUM_CLA
     return heat, box, mask
 
 
+def centernet_ignore(targets: list[dict], size: int, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """``(B, classes, S, S)``: 1 on the cells that an object flagged ``"ignore"`` covers, in its class's
+    map, else 0. The metric neither rewards nor penalises a detection of such an object (too little of
+    it is visible), so :func:`centernet_loss` does not push the heat map down there either.
+
+    >>> t = [{"boxes": torch.tensor([[0., 0., 8., 12.]]), "labels": torch.tensor([2]), "ignore": torch.tensor([True])}]
+    >>> m = centernet_ignore(t, 16)
+    >>> m.shape, m[0, 2].sum().item(), m.sum().item()   # 2 x 3 cells of class 2
+    (torch.Size([1, 10, 4, 4]), 6.0, 6.0)
+    """
+    s = size // STRIDE
+    out = torch.zeros(len(targets), num_classes, s, s)
+    for i, t in enumerate(targets):
+        flags = t.get("ignore")
+        if flags is None:
+            continue
+        for j in flags.nonzero()[:, 0].tolist():
+            x0, y0, x1, y1 = (t["boxes"][j] / STRIDE).tolist()
+            c = int(t["labels"][j])
+            out[i, c, max(0, math.floor(y0)):min(s, math.ceil(y1)), max(0, math.floor(x0)):min(s, math.ceil(x1))] = 1.0
+    return out
+
+
 def centernet_loss(out: torch.Tensor, heat: torch.Tensor, box: torch.Tensor, mask: torch.Tensor,
-                   size_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+                   size_weight: float = 0.1, ignore: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """CenterNet's penalty-reduced focal loss on the heat maps (alpha 2, beta 4) plus L1 on size
-    (weighted ``size_weight``) and offset at the centre cells, each normalised by the object count."""
+    (weighted ``size_weight``) and offset at the centre cells, each normalised by the object count.
+    ``ignore`` (:func:`centernet_ignore`): cells where the heat map is not penalised as a negative."""
     c = heat.shape[1]
     logits, pred = out[:, :c], out[:, c:]
     pos = heat.eq(1).float()
     p = logits.sigmoid()
     log_p, log_1p = nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits)
-    focal = -(pos * (1 - p) ** 2 * log_p + (1 - pos) * (1 - heat) ** 4 * p ** 2 * log_1p).sum()
+    neg = (1 - pos) if ignore is None else (1 - pos) * (1 - ignore)
+    focal = -(pos * (1 - p) ** 2 * log_p + neg * (1 - heat) ** 4 * p ** 2 * log_1p).sum()
     n = mask.sum().clamp_min(1.0)
     m = mask[:, None]
     size = ((pred[:, :2] - box[:, :2]).abs() * m).sum() / n

@@ -4,8 +4,9 @@
 train split's garments; the test split's mosaics use the test garments, so no item is shared),
 flips half of each batch horizontally (boxes flipped with them), and trains with
 :func:`prunekit.train.fit` on :func:`prunekit.zoo.detvit.centernet_loss` (AdamW, warm-up and
-cosine, clipping at 1). Items the metric ignores (under 30% visible) are trained as ordinary
-positives. It needs hours of CPU; on a GPU pass ``device``. Checkpoints go under
+cosine, clipping at 1). Items the metric ignores (under 30% visible) are neither positives nor
+negatives: they get no centre peak, and the heat map is not penalised inside their boxes
+(:func:`prunekit.zoo.detvit.centernet_ignore`). It needs hours of CPU; on a GPU pass ``device``. Checkpoints go under
 ``$PRUNEKIT_TRAIN_DIR`` (default ``runs/zoo-train``) every 200 steps, and a stopped run continues
 from the newest one when started again with the same seed.
 """
@@ -16,7 +17,7 @@ from torch import nn
 
 from prunekit.data import load_det_mosaic, normalize
 from prunekit.data.detection import DET_CANVAS
-from prunekit.zoo.detvit import build_detvit, centernet_loss, centernet_targets
+from prunekit.zoo.detvit import build_detvit, centernet_ignore, centernet_loss, centernet_targets
 from prunekit.zoo.store import train_dir
 
 __all__ = ["recipe_det", "det_batches", "det_loss", "EPOCHS", "SAMPLES"]
@@ -24,8 +25,10 @@ __all__ = ["recipe_det", "det_batches", "det_loss", "EPOCHS", "SAMPLES"]
 EPOCHS, SAMPLES, BATCH, LR = 30.0, 40000, 64, 1e-3
 
 
-def det_batches(x: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, batch: int, augment: bool):
-    """Shuffled ``(images, boxes, classes)`` batches; ``augment`` flips a random half horizontally."""
+def det_batches(x: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, batch: int, augment: bool,
+                ignore: torch.Tensor | None = None):
+    """Shuffled ``(images, boxes, classes)`` batches, plus the items' ``ignore`` flags as a fourth
+    element when given; ``augment`` flips a random half horizontally."""
     def batches(g: torch.Generator):
         order = torch.randperm(x.shape[0], generator=g)
         for i in range(0, len(order) - batch + 1, batch):
@@ -38,16 +41,20 @@ def det_batches(x: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, bat
                 x0 = bb[flip][..., 0].clone()
                 bb[flip, :, 0] = w - bb[flip][..., 2]
                 bb[flip, :, 2] = w - x0
-            yield xb, bb, classes[idx]
+            yield (xb, bb, classes[idx]) if ignore is None else (xb, bb, classes[idx], ignore[idx])
     return batches
 
 
 def det_loss(model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """The CenterNet loss of ``model`` on one ``(images, boxes, classes)`` batch (padding rows: class -1)."""
-    x, boxes, classes = batch
-    targets = [{"boxes": b[c >= 0].cpu(), "labels": c[c >= 0].cpu()} for b, c in zip(boxes, classes, strict=True)]
+    """The CenterNet loss of ``model`` on one ``(images, boxes, classes[, ignore])`` batch (padding rows:
+    class -1); ignored items neither count as objects nor as background."""
+    x, boxes, classes, *rest = batch
+    flags = rest[0] if rest else torch.zeros(classes.shape, dtype=torch.bool)
+    targets = [{"boxes": b[c >= 0].cpu(), "labels": c[c >= 0].cpu(), "ignore": f[c >= 0].cpu()}
+               for b, c, f in zip(boxes, classes, flags, strict=True)]
     heat, box, mask = (t.to(x.device) for t in centernet_targets(targets, x.shape[-1]))
-    return centernet_loss(model(x), heat, box, mask)
+    ignore = centernet_ignore(targets, x.shape[-1]).to(x.device)
+    return centernet_loss(model(x), heat, box, mask, ignore=ignore)
 
 
 def recipe_det(seed: int, quick: bool, epochs: float | None = None, samples: int | None = None,
@@ -57,17 +64,18 @@ def recipe_det(seed: int, quick: bool, epochs: float | None = None, samples: int
     from prunekit.train.checkpoint import latest
     epochs = epochs if epochs is not None else (0.05 if quick else EPOCHS)
     samples = samples or (512 if quick else SAMPLES)
-    x, boxes, classes, _ = load_det_mosaic("train", n=samples, seed=seed)
+    x, boxes, classes, ignore = load_det_mosaic("train", n=samples, seed=seed)
     model = build_detvit()
     # keyed by every setting: a changed run starts afresh instead of resuming another's schedule
     folder = train_dir(f"mosaic-det-seed{seed}-e{epochs:g}-n{samples}{'-quick' if quick else ''}")
     resumed = latest(folder) is not None
-    fit(model, det_batches(x, boxes, classes, BATCH, True), epochs=epochs, lr=LR, loss=det_loss,
+    fit(model, det_batches(x, boxes, classes, BATCH, True, ignore), epochs=epochs, lr=LR, loss=det_loss,
         steps_per_epoch=samples // BATCH, seed=seed, weight_decay=0.05, desc="mosaic-det", device=device,
         checkpoint_dir=str(folder), checkpoint_every=200, resume=resumed, channels_last=False)
     model.cpu()
     route = (f"DetViT from scratch: {epochs:g} epochs on {samples} generated {DET_CANVAS} px detection mosaics "
              f"(train-split garments, horizontal flip), batch {BATCH}, AdamW lr {LR:g} with warm-up + cosine, "
-             "CenterNet focal + 0.1 size L1 + offset L1" + (f", on {device}" if device else "")
+             "CenterNet focal + 0.1 size L1 + offset L1, items under 30% visible ignored (no peak, no penalty "
+             "in their boxes)" + (f", on {device}" if device else "")
              + ("; resumed from a checkpoint of a stopped run" if resumed else ""))
     return model, route
