@@ -61,7 +61,8 @@ def main() -> None:
     dense_top1 = wl.evaluate(dense, limit=limit)["top1"]
     dyn_top1 = dyn.evaluate(dyn.model, limit=limit)["top1"]
     rows = [["dense", "-", 1.0, dense_top1, 0.0, "-"],
-            ["dynamicvit (shipped fmnist-vit-dynamic)", "1 epoch, 60k, backbone 1e-4", round(
+            [f"dynamicvit (shipped fmnist-vit-dynamic, sha {str(dyn.info.get('sha256'))[:8]})",
+             "its manifest route (below)", round(
                 count_macs(dyn.model, x1) / dense_macs, 4), dyn_top1, round(100 * (dyn_top1 - dense_top1), 2),
              dyn.info.get("train_minutes")]]
     print(rows, flush=True)
@@ -92,8 +93,9 @@ def main() -> None:
                         "attention of blocks 2, 5, 8), the counts of the shipped fmnist-vit-dynamic. Fine-tuning: "
                         f"prunekit.train.fit, {args.epochs:g} epoch(s) over {x.shape[0]} training images (shift+flip, "
                         f"batch {BATCH}), AdamW lr {args.lr:g} with warm-up + cosine, 0.5 KL from the frozen dense "
-                        "fmnist-vit, the whole model trained; DynamicViT had the same images, epochs and backbone "
-                        f"lr. Top-1 on {'the first ' + str(limit) if limit else 'all 10,000'} test images "
+                        "fmnist-vit, the whole model trained. The DynamicViT row is the shipped checkpoint, trained "
+                        f"as its manifest says: {dyn.info.get('route')}. Top-1 on "
+                        f"{'the first ' + str(limit) if limit else 'all 10,000'} test images "
                         f"({args.threads} threads while training; train wall min counts any pause of the run, and the "
                         "dynamicvit row gives its recorded CPU minutes). The dynamicvit row is re-evaluated here; "
                         f"dynamic_vit.json has {dyn_doc['setup'].get('eval_subset')} images."),
