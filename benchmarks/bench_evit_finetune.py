@@ -4,7 +4,7 @@ The DynamicViT issue asks for EViT "training-free and fine-tuned" on the same cu
 ToMe and top-k drop. This script patches the shipped fmnist-vit with :func:`prunekit.tokens.evit`
 removing the tokens the shipped ``fmnist-vit-dynamic`` removes (after the attention of blocks 2, 5
 and 8, so the next block sees 137 / 96 / 67 patch tokens) and fine-tunes it with the recovery trainer
-(:func:`prunekit.train.fit`) on the budget DynamicViT had: ``--epochs`` over all 60,000 training
+(:func:`prunekit.train.fit`) on the budget of DynamicViT's first stage: ``--epochs`` over all 60,000 training
 images (shift + flip, batch 64), AdamW at ``--lr`` with warm-up and cosine, distilled (KL) from the
 frozen dense fmnist-vit. ToMe at the same counts can be fine-tuned the same way for a fair comparison
 (``--methods evit tome``; not by default: each epoch costs about 45 CPU min). Top-1 on all 10,000 test

@@ -98,7 +98,7 @@ def main() -> None:
                  round(100 * (dyn_top1 - dyn_dense), 2)])
     points["dynamicvit"] = [(dyn_macs, dyn_top1)]
     tuned_note = ""
-    tuned_path = RESULTS / "evit_finetune.json"   # EViT fine-tuned on DynamicViT's budget (bench_evit_finetune.py)
+    tuned_path = RESULTS / "evit_finetune.json"   # EViT fine-tuned (bench_evit_finetune.py)
     if tuned_path.exists():
         tuned_doc = json.loads(tuned_path.read_text())
         cols = tuned_doc["table"]["columns"]
@@ -108,8 +108,8 @@ def main() -> None:
             rows.append(["evit (fine-tuned, evit_finetune.json)", "DynamicViT's token counts", 1 + dyn_counts[-1],
                          t_macs, t_top1, round(100 * (t_top1 - dense), 2)])
             points["evit (fine-tuned)"] = [(t_macs, t_top1)]
-            tuned_note = (f" The evit (fine-tuned) row is read from evit_finetune.json ({tuned[1]}, the budget "
-                          f"DynamicViT had): {t_top1} at {t_macs} MACs.")
+            tuned_note = (f" The evit (fine-tuned) row is read from evit_finetune.json ({tuned[1]}; its DynamicViT "
+                          f"row is {tuned_doc['table']['rows'][1][0]}): {t_top1} at {t_macs} MACs.")
     plot(points, dense, RESULTS / f"{NAME}.png")
     same = {n: next(r for r in rows if r[0] == n and r[1].startswith("DynamicViT")) for n in REDUCERS}
     write_result(NAME, "fmnist-vit: ToMe, EViT, top-k drop and DynamicViT on one accuracy-vs-MACs curve",
