@@ -34,7 +34,7 @@ def test_docstring_examples_run():
 
 def test_the_zoo_has_its_models_in_order():
     assert tuple(ENTRIES) == ("fmnist-resnet", "fmnist-vit", "fmnist-vit-dynamic", "mosaic-segvit", "mosaic-det",
-                              "motion-vivit", "minilm")
+                              "motion-vivit", "motion-vivit-pan", "minilm")
     assert all(isinstance(e, ZooEntry) and e.name == name for name, e in ENTRIES.items())
 
 
@@ -144,13 +144,15 @@ def test_old_tables_are_views_of_the_entries():
     # the values the tables held before they became views
     assert TASKS == {"fmnist-resnet": "classification", "fmnist-vit": "classification",
                      "fmnist-vit-dynamic": "classification", "mosaic-segvit": "segmentation",
-                     "mosaic-det": "detection", "motion-vivit": "video", "minilm": "sentence-embedding"}
+                     "mosaic-det": "detection", "motion-vivit": "video", "motion-vivit-pan": "video",
+                     "minilm": "sentence-embedding"}
     assert FINETUNE_LR == {"fmnist-resnet": 1e-3, "fmnist-vit": 3e-4}
     assert LIMITS == {"fmnist-resnet": 2000, "fmnist-vit": 1000, "fmnist-vit-dynamic": 1000, "mosaic-segvit": 300,
-                      "mosaic-det": 300, "motion-vivit": 300, "minilm": 300}
+                      "mosaic-det": 300, "motion-vivit": 300, "motion-vivit-pan": 300, "minilm": 300}
     assert registry.EVAL_SAMPLES["mosaic-segvit"] == registry.EVAL_SAMPLES["motion-vivit"] == 2000
     assert sorted(train.RECIPES) == sorted(BUILT) and sorted(train.MORE) == ["fmnist-vit", "fmnist-vit-dynamic",
-                                                                             "mosaic-segvit", "motion-vivit"]
+                                                                             "mosaic-segvit", "motion-vivit",
+                                                                             "motion-vivit-pan"]
     assert train.RECIPES["fmnist-vit"].resolve() is train.recipe_vit
     assert models.BUILDERS["fmnist-resnet"].resolve() is models.build_resnet
 

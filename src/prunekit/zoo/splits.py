@@ -17,7 +17,7 @@ import torch
 
 from prunekit.data import load_det_mosaic, load_fashion_mnist, load_mosaic, load_motion, normalize
 
-__all__ = ["fmnist_test", "mosaic_test", "det_test", "motion_test", "fmnist_calibration"]
+__all__ = ["fmnist_test", "mosaic_test", "det_test", "motion_test", "motion_pan_test", "fmnist_calibration"]
 
 
 def _count(limit: int | None, n: int) -> int:
@@ -45,6 +45,12 @@ def det_test(limit: int | None = None, n: int = 2000) -> tuple[torch.Tensor, ...
 def motion_test(limit: int | None = None, n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
     """Test clips ``(N, 1, 8, 56, 56)`` and their labels: motion-vivit's eval split."""
     return load_motion("test", n=_count(limit, n))
+
+
+def motion_pan_test(limit: int | None = None, n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test clips under camera motion ``(N, 1, 8, 56, 56)`` and their labels (the same garments as
+    :func:`motion_test`'s): motion-vivit-pan's eval split."""
+    return load_motion("test", n=_count(limit, n), camera=True)
 
 
 def fmnist_calibration(n: int = 256, batch: int = 64) -> list[tuple[torch.Tensor]]:

@@ -304,10 +304,11 @@ def recipe_segvit(seed: int, quick: bool, start_from: dict | None = None, seg_ep
                    "segmentation stage")
 
 
-def _motion_train(n: int, seed: int, device: str | torch.device | None = None
+def _motion_train(n: int, seed: int, device: str | torch.device | None = None, camera: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``n`` training clips, their labels, and fmnist-resnet's logits for each clip's clean item."""
-    x, y = load_motion("train", n=n, seed=seed)
+    """The first ``n`` training clips (``camera``: under camera motion), their labels, and fmnist-resnet's
+    logits for each clip's clean item (the same items either way)."""
+    x, y = load_motion("train", n=n, seed=seed, camera=camera)
     items = load_fashion_mnist("train")[0][motion_items("train", n, seed)]
     return x, y, teacher_logits(items, device)
 
