@@ -39,7 +39,7 @@ from torch import nn
 from prunekit.errors import PruningError
 from prunekit.tokens.groups import LocalMerge
 from prunekit.tokens.merge import merge
-from prunekit.tokens.saliency import SaliencyMerge
+from prunekit.tokens.saliency import KEEP, SaliencyMerge
 from prunekit.tokens.schedule import RSpec, as_schedule
 
 __all__ = ["merge_video", "METHODS"]
@@ -60,9 +60,9 @@ def merge_video(model: nn.Module, tubes: int | None = None, r: RSpec = 0, *, met
     key cosine is at least this.
 
     ``method="saliency"``: score the tokens in ``layer`` from its attention, keep the ``keep`` share
-    (default 0.3) of most salient tokens out of the merging for ``early`` blocks (default 1) and merge
+    (default 0.35) of most salient tokens out of the merging for ``early`` blocks (default 1) and merge
     ``background_r`` background tokens in each (an int or one per block, in rounds of bipartite matching;
-    default: one round, half the background left). See :class:`prunekit.tokens.saliency.SaliencyMerge`.
+    default: 0.7 of the background left). See :class:`prunekit.tokens.saliency.SaliencyMerge`.
     """
     from timm.models.vision_transformer import VisionTransformer
 
@@ -76,7 +76,7 @@ def merge_video(model: nn.Module, tubes: int | None = None, r: RSpec = 0, *, met
         raise ValueError(f"method={method!r} does not take {', '.join(k for k, v in given.items() if v is not None)}")
     if not saliency and tubes is None:
         raise ValueError("method='tubes' needs tubes= (how many time tubes to merge)")
-    stage = SaliencyMerge(0.3 if keep is None else keep, background_r, 1 if early is None else early,
+    stage = SaliencyMerge(KEEP if keep is None else keep, background_r, 1 if early is None else early,
                           int(layer)) if saliency else None
     vits = [m for m in model.modules() if isinstance(m, VisionTransformer)]
     grids = {token_grid(m) for m in vits}
