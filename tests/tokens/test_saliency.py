@@ -71,10 +71,10 @@ def test_plan_and_its_checks():
     stage = SaliencyMerge(keep=0.3, background_r=(90, 20), early=2)
     assert stage.kept(197, 1) == 59
     assert stage.plan(Constant(4), 8, 197, 1) == [90, 20, 4, 4, 4, 4, 4, 4]
-    assert SaliencyMerge(keep=0.3, early=2).plan(Constant(0), 8, 197, 1) == [96, 29, 0, 0, 0, 0, 0, 0]   # 0.7 each
-    assert SaliencyMerge().kept(197, 1) == 69 and SaliencyMerge().plan(Constant(0), 2, 197, 1) == [89, 0]
+    assert SaliencyMerge(keep=0.3, early=2).plan(Constant(0), 8, 197, 1) == [100, 27, 0, 0, 0, 0, 0, 0]   # 0.73 each
+    assert SaliencyMerge().kept(197, 1) == 59 and SaliencyMerge().plan(Constant(0), 2, 197, 1) == [100, 0]
     assert SaliencyMerge(background_r=0, early=2).plan(Constant(4), 4, 197, 1) == [0, 0, 4, 4]   # stage off
-    assert SaliencyMerge(background_r=500).plan(Constant(0), 2, 197, 1) == [126, 0]   # all but one background
+    assert SaliencyMerge(background_r=500).plan(Constant(0), 2, 197, 1) == [136, 0]   # all but one background
     for bad in (dict(keep=1.0), dict(early=0), dict(layer=-1), dict(background_r=(3, 4)), dict(query_stride=0)):
         with pytest.raises(ValueError):
             SaliencyMerge(**bad)

@@ -45,11 +45,11 @@ def register(sub) -> None:
                    "most salient tokens kept out, for --early blocks, --background-r tokens per block; --r / "
                    "--target-macs set the merging in the blocks after")
     p.add_argument("--keep", type=float, metavar="F",
-                   help="--video saliency: share of the tokens kept out of the early merging (default 0.35)")
+                   help="--video saliency: share of the tokens kept out of the early merging (default 0.3)")
     p.add_argument("--early", type=int, metavar="E", help="--video saliency: blocks merging the background (default 1)")
     p.add_argument("--background-r", type=int, metavar="R",
                    help="--video saliency: background tokens merged in each early block, in rounds of bipartite "
-                   "matching (default: 0.7 of them)")
+                   "matching (default: 0.73 of them)")
     p.add_argument("--reducer", choices=("merge", "evit", "drop"), default="merge",
                    help="merge: ToMe (default); evit: keep the most attended tokens and fuse the rest into one "
                    "(EViT); drop: keep the most attended tokens only")

@@ -37,11 +37,11 @@ def register(sub) -> None:
                       help="draw a video model's clip: the tokens kept out of saliency-aware merging and the "
                       "saliency heat map, one column per time slice")
     show.add_argument("--keep", type=float, metavar="F", help="--video saliency: share of the tokens kept out of "
-                      "the early merging (default 0.35)")
+                      "the early merging (default 0.3)")
     show.add_argument("--early", type=int, metavar="E", help="--video saliency: blocks merging the background "
                       "(default 1)")
     show.add_argument("--background-r", type=int, metavar="R", help="--video saliency: background tokens merged in "
-                      "each early block (default: 0.7 of them)")
+                      "each early block (default: 0.73 of them)")
     show.add_argument("--out", default="merged.png", help="PNG to write")
     show.add_argument("--index", type=int, default=0, help="which example input to draw")
     show.set_defaults(func=run_show)

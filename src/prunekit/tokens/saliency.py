@@ -38,8 +38,8 @@ import torch
 from prunekit.tokens.matching import Matching, bipartite_soft_matching
 from prunekit.tokens.schedule import Schedule
 
-KEEP = 0.35              # share of the unprotected tokens kept out of the early merging
-BACKGROUND_SHARE = 0.7   # share of the background tokens an early block merges unless told
+KEEP = 0.3               # share of the unprotected tokens kept out of the early merging
+BACKGROUND_SHARE = 0.73  # share of the background tokens an early block merges unless told
 QUERY_STRIDE = 8         # the saliency averages every 8th query
 
 __all__ = ["SaliencyMerge", "KEEP", "BACKGROUND_SHARE", "QUERY_STRIDE", "attention_probs", "sharpness",
@@ -198,13 +198,13 @@ class SaliencyMerge:
 
     The defaults (keep :data:`KEEP`, :data:`BACKGROUND_SHARE` of the background, :data:`QUERY_STRIDE`) are
     those chosen on 1,000 *training* clips of motion-vivit and motion-vivit-pan
-    (``benchmarks/bench_video_saliency.py`` measures them on the eval clips): with 196 tokens, 69 kept and
-    89 of the other 127 merged in block 0, about as many as 30 time tubes remove.
+    at the MACs of 30 time tubes plus r 8, 12 and 16 (``benchmarks/bench_video_saliency.py`` measures
+    them on the eval clips): with 196 tokens, 59 kept and 100 of the other 137 merged in block 0.
 
     >>> from prunekit.tokens.schedule import Constant
     >>> stage = SaliencyMerge(keep=0.3, early=2)
     >>> stage.plan(Constant(4), num_layers=4, num_tokens=197, num_protected=1)  # 59 kept, 137 background
-    [96, 29, 4, 4]
+    [100, 27, 4, 4]
     >>> SaliencyMerge(keep=0.3, background_r=100, early=1).plan(Constant(4), 4, 197, 1)  # in 2 rounds
     [100, 4, 4, 4]
     """
