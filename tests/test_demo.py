@@ -26,7 +26,8 @@ def test_prune_then_distilled_finetune_step():
     assert not wl.model.training and not tuned.training
 
 
-@pytest.mark.parametrize("name,method", [("mosaic-segvit", "local-then-global"), ("motion-vivit", "time tubes")])
+@pytest.mark.parametrize("name,method", [("mosaic-segvit", "local-then-global"), ("motion-vivit", "time tubes"),
+                                         ("motion-vivit-pan", "time tubes"), ("motion-vivit-pan", "saliency")])
 def test_local_merge_steps_cut_macs_and_leave_the_dense_model(name, method):
     from prunekit.demo import STEPS
     from prunekit.tokens import is_patched

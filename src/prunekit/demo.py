@@ -141,12 +141,15 @@ def _merge(r):
     return apply
 
 
-def _merge_local(windows: int = 0, tubes: int = 0, r=0):
-    """merge_dense (``windows``) or merge_video (``tubes``): a local stage, then global ToMe ``r``."""
+def _merge_local(windows: int = 0, tubes: int = 0, r=0, video: str = "tubes"):
+    """merge_dense (``windows``) or merge_video (``tubes``, or ``video="saliency"`` with its defaults): a local
+    or early stage, then global ToMe ``r``."""
     def apply(m, wl):
         from prunekit import tokens
         if windows:
             return tokens.merge_dense(m, windows=windows, r=r)
+        if video == "saliency":
+            return tokens.merge_video(m, method="saliency", r=r)
         return tokens.merge_video(m, tubes=tubes, r=r)
     return apply
 
@@ -183,6 +186,9 @@ STEPS: tuple[Step, ...] = (
     Step("mosaic-segvit", "local-then-global: 20 windows + ToMe decreasing r=10", _merge_local(20, r=_decreasing(10))),
     Step("motion-vivit", "ToMe r=12", _merge(12)),
     Step("motion-vivit", "time tubes 30 + ToMe r=8", _merge_local(tubes=30, r=8)),
+    Step("motion-vivit-pan", "time tubes 30 + ToMe r=16", _merge_local(tubes=30, r=16)),
+    Step("motion-vivit-pan", "saliency merging (100 background tokens in block 0) + ToMe r=13",
+         _merge_local(r=13, video="saliency")),
     Step("minilm", "structured: 25% heads", _prune(ratio=0.25, units=("heads",))),
     Step("minilm", "sparsity 50% wanda", _sparsify(0.5, "wanda")),
     Step("minilm", "drop 2 of 6 blocks", _drop(2)),
