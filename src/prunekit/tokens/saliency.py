@@ -108,7 +108,7 @@ def saliency_from_qk(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None
     attn = logits.softmax(-1)
     expected = (qs * (attn @ k)).sum(-1)          # sum_k A_ik logit_ik, without the bias
     if bias is not None:
-        expected = expected + (attn @ bias.expand(*attn.shape[:2], -1, -1).transpose(-1, -2)).squeeze(-1)
+        expected = expected + (attn * bias).sum(-1)
     sharp = math.log(k.shape[-2]) + expected - logits.logsumexp(-1)
     return (sharp.unsqueeze(-2) @ attn).squeeze(-2).mean(1) / qs.shape[-2]
 
