@@ -151,8 +151,8 @@ def test_old_tables_are_views_of_the_entries():
                       "mosaic-det": 300, "motion-vivit": 300, "motion-vivit-pan": 300, "minilm": 300}
     assert registry.EVAL_SAMPLES["mosaic-segvit"] == registry.EVAL_SAMPLES["motion-vivit"] == 2000
     assert sorted(train.RECIPES) == sorted(BUILT) and sorted(train.MORE) == ["fmnist-vit", "fmnist-vit-dynamic",
-                                                                             "mosaic-segvit", "motion-vivit",
-                                                                             "motion-vivit-pan"]
+                                                                             "mosaic-det", "mosaic-segvit",
+                                                                             "motion-vivit", "motion-vivit-pan"]
     assert train.RECIPES["fmnist-vit"].resolve() is train.recipe_vit
     assert models.BUILDERS["fmnist-resnet"].resolve() is models.build_resnet
 

@@ -318,6 +318,6 @@ def test_quick_detection_recipe_trains_and_scores_coco_map(tmp_path, monkeypatch
         assert torch.equal(bb[i][real][:, [0, 2]], 112 - plain[1][i][real][:, [2, 0]])
         assert torch.equal(bb[i][real][:, [1, 3]], plain[1][i][real][:, [1, 3]])
     model, route = recipe_det(0, quick=True, epochs=0.25, samples=128)
-    assert "DetViT from scratch" in route and any(tmp_path.iterdir())
+    assert "encoder from the shipped mosaic-segvit" in route and any(tmp_path.iterdir())
     m = evaluate_model("mosaic-det", model, limit=16)
     assert set(m) == {"map", "map50", "map75", "map_small", "map_medium", "map_large"} and 0 <= m["map"] <= 1
