@@ -52,10 +52,10 @@ def patcher(name: str, method: str, count: int, r: int) -> Callable[[torch.nn.Mo
             tokens.merge(model, r=r)
         elif method == "tome-dec":
             tokens.merge(model, r=tokens.decreasing(r))
-        elif method == "local" and name == "mosaic-segvit":
-            tokens.merge_dense(model, windows=count, r=tokens.decreasing(r))
-        elif method == "local":
+        elif method == "local" and name.startswith("motion-"):
             tokens.merge_video(model, tubes=count, r=r)
+        elif method == "local":  # segmentation and detection: local windows, then decreasing global ToMe
+            tokens.merge_dense(model, windows=count, r=tokens.decreasing(r))
     return apply
 
 

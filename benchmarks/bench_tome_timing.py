@@ -64,5 +64,11 @@ def paired_rounds(model: torch.nn.Module, inputs: Any, configs: dict[str, Callab
     return out
 
 
+def paired_note(batch: int, rounds: int, repeats: int) -> str:
+    """The results note's words for timings from :func:`paired_rounds`."""
+    return (f"Latency: batch {batch}, 1 thread, {rounds} rounds x {repeats} forwards, each config paired with a "
+            "dense run; throughput ratio = median of per-round dense/merged CPU-time ratios.")
+
+
 if __name__ == "__main__":
     print(__doc__)

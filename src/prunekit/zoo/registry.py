@@ -126,10 +126,11 @@ def score_miou(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dic
     return {"miou": round(miou(model, *data), 4)}
 
 
-def score_map(model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 100) -> dict:
+def score_map(model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 100,
+              area_bounds: tuple[float, float] | None = None) -> dict:
     """COCO box mAP (pycocotools; :mod:`prunekit.zoo.coco_map`) of a CenterNet-style detector on raw
     eval ``data`` ``(x, boxes, classes, ignore)``: ``map`` (@[.5:.95]), ``map50``, ``map75`` and the
-    small / medium / large split, to 4 places."""
+    small / medium / large split (``area_bounds`` in px², default COCO's scaled to the canvas), to 4 places."""
     from prunekit.data.detection import det_targets
     from prunekit.zoo.coco_map import coco_map
     from prunekit.zoo.detvit import decode
@@ -142,7 +143,7 @@ def score_map(model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 100
         for i in range(0, x.shape[0], batch):
             dets += [{k: v.cpu() for k, v in d.items()} for d in decode(model(normalize(x[i:i + batch]).to(device)))]
     model.train(was)
-    return coco_map(dets, det_targets(boxes, classes, ignore), size=x.shape[-1])
+    return coco_map(dets, det_targets(boxes, classes, ignore), size=x.shape[-1], area_bounds=area_bounds)
 
 
 def _eval_data(name: str, limit: int | None):
