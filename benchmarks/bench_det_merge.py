@@ -12,9 +12,9 @@ most that fraction of dense, no retraining anywhere:
 
 Metric: COCO box mAP through pycocotools (:func:`prunekit.zoo.registry.score_map`) on the first
 ``--limit`` test mosaics: mAP@[.5:.95], mAP@.5, and mAP for small, medium and large objects, where
-merging should hurt the small ones most. The size split is :data:`AREA_BOUNDS`: the items' sides are
-log-uniform over 14-56 px, so 22 and 35 px (14 * 4^(1/3), 14 * 4^(2/3)) cut them into thirds. COCO's own
-bounds scaled to the canvas (5.6 and 16.8 px) would leave "small" empty. Latency: one
+merging should hurt the small ones most. The size split is the zoo's
+(:data:`prunekit.zoo.registry.DET_AREA_BOUNDS`): box areas under 22² and 35² px², the thirds of the
+log-uniform 14-56 px item sides. Latency: one
 batch of ``--batch`` test mosaics on 1 thread, each configuration in alternating rounds with the dense
 model (``bench_tome_timing.paired_rounds``).
 
@@ -40,7 +40,6 @@ NAME = "det_merge"
 MODEL = "mosaic-det"
 TARGETS = [0.8, 0.7, 0.6, 0.5]
 WINDOWS = [10, 20, 30]
-AREA_BOUNDS = (22.0 ** 2, 35.0 ** 2)  # px² on the 112 px canvas: the thirds of the log-uniform item sides
 COLUMNS = ["target MACs", "method", "global r", "MACs ratio", "mAP", "change (pts)", "mAP@.5", "mAP@.5 change",
            "mAP small", "small change", "mAP medium", "mAP large", "cpu_ms/batch", "throughput ratio (cpu)"]
 
@@ -79,7 +78,7 @@ def main() -> None:
     res, t0 = {}, time.time()
     for key in configs:
         patch[key](model)
-        res[key] = {"macs": count_macs(model, (x1,)), **score_map(model, data, area_bounds=AREA_BOUNDS)}
+        res[key] = {"macs": count_macs(model, (x1,)), **score_map(model, data)}
         print(f"[{time.time() - t0:.0f}s] {key} r={configs[key]['r']}: {res[key]}", flush=True)
     tokens.unpatch(model)
     torch.set_num_threads(1)

@@ -30,3 +30,24 @@ def test_boundary_miou_only_sees_the_band():
     blurred = y.clone()
     blurred[0, 2:7, 2:7] = 4                            # the object grown by one pixel: boundary errors
     assert boundary_miou(blurred, y, 1) < miou_of(blurred, y) < 1.0
+
+
+def test_detection_size_split_cuts_the_item_sides_into_thirds_and_fills_each_class():
+    """mosaic-det's small / medium / large bounds are the thirds of the log-uniform item sides, and
+    every class holds a fair share of the test boxes (COCO's scaled bounds would leave "small" empty)."""
+    import math
+
+    from prunekit.data.detection import SIZE_RANGE
+    from prunekit.zoo.registry import DET_AREA_BOUNDS
+    lo, hi = SIZE_RANGE
+    for k, bound in enumerate(DET_AREA_BOUNDS, start=1):
+        assert abs(math.sqrt(bound) - lo * (hi / lo) ** (k / 3)) < 0.5
+    _, boxes, classes, _ = registry._eval_data("mosaic-det", 200)
+    real = boxes[classes >= 0]
+    area = (real[:, 2] - real[:, 0]) * (real[:, 3] - real[:, 1])
+    small, medium = DET_AREA_BOUNDS
+    shares = [float((area < small).float().mean()), float(((area >= small) & (area < medium)).float().mean()),
+              float((area >= medium).float().mean())]
+    # visible boxes are smaller than the items' squares (silhouettes, occlusion), so "small" is the largest
+    assert all(s > 0.15 for s in shares), shares
+    assert float((area < (112 / 640 * 32) ** 2).float().mean()) < 0.02  # COCO's scaled "small": almost none

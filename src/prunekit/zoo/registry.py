@@ -126,11 +126,18 @@ def score_miou(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dic
     return {"miou": round(miou(model, *data), 4)}
 
 
+# mosaic-det's small / medium / large split, box areas in px²: item sides are log-uniform over 14-56 px
+# (prunekit.data.detection.SIZE_RANGE), so 22 and 35 px (14 * 4^(1/3), 14 * 4^(2/3)) cut them into thirds;
+# COCO's bounds scaled to the 112 px canvas (5.6 and 16.8 px) would leave "small" empty
+DET_AREA_BOUNDS = (22.0 ** 2, 35.0 ** 2)
+
+
 def score_map(model: nn.Module, data: tuple[torch.Tensor, ...], batch: int = 100,
-              area_bounds: tuple[float, float] | None = None) -> dict:
+              area_bounds: tuple[float, float] | None = DET_AREA_BOUNDS) -> dict:
     """COCO box mAP (pycocotools; :mod:`prunekit.zoo.coco_map`) of a CenterNet-style detector on raw
     eval ``data`` ``(x, boxes, classes, ignore)``: ``map`` (@[.5:.95]), ``map50``, ``map75`` and the
-    small / medium / large split (``area_bounds`` in px², default COCO's scaled to the canvas), to 4 places."""
+    small / medium / large split (``area_bounds`` in px², default :data:`DET_AREA_BOUNDS`; ``None``:
+    COCO's scaled to the canvas), to 4 places."""
     from prunekit.data.detection import det_targets
     from prunekit.zoo.coco_map import coco_map
     from prunekit.zoo.detvit import decode
