@@ -7,7 +7,7 @@ from prunekit.zoo.store import CHECKPOINT_DIR, sha256
 
 TARGETS = {"fmnist-resnet": ("top1", 0.92), "fmnist-vit": ("top1", 0.87),
            "fmnist-vit-dynamic": ("top1", 0.8654),  # within 0.5 point of fmnist-vit's 0.8704 (the DynamicViT issue)
-           "mosaic-segvit": ("miou", 0.65), "motion-vivit": ("top1", 0.85),
+           "mosaic-segvit": ("miou", 0.65), "mosaic-det": ("map", 0.50), "motion-vivit": ("top1", 0.85),
            "motion-vivit-pan": ("top1", 0.80)}  # the video-merging issue's camera-motion workload
 # Shipped checkpoints known to fall short of the target: strict xfail, so the mark must go once they pass.
 SHORTFALLS = {
@@ -20,9 +20,13 @@ SHORTFALLS = {
                      "a lent H200 (0.607), then a pixel-refinement head trained 8 CPU min with the encoder frozen: "
                      "mIoU 0.625 < 0.65; the encoder memorised its 96,000 mosaics (0.689 on them, 0.610 on fresh "
                      "training mosaics, 0.596 on test), so GPU epochs on many more mosaics are the next step",
+    "mosaic-det": "its encoder from mosaic-segvit's, then 3 epochs on 32,000 mosaics in 60.7 CPU min: mAP 0.3905 "
+                  "< 0.50 and mAP@.5 0.667 < 0.80 (at step 600 of 1500 it was 0.32 on 500 mosaics, so more epochs "
+                  "would help; the detection issue asks for a GPU run)",
 }
 OUT_SHAPE = {"fmnist-resnet": (8, 10), "fmnist-vit": (8, 10), "mosaic-segvit": (8, 11, 56, 56),
-             "motion-vivit": (8, 10), "motion-vivit-pan": (8, 10), "fmnist-vit-dynamic": (8, 10)}
+             "mosaic-det": (8, 14, 28, 28), "motion-vivit": (8, 10), "motion-vivit-pan": (8, 10),
+             "fmnist-vit-dynamic": (8, 10)}
 
 
 def _entry(name):
