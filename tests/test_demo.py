@@ -26,8 +26,9 @@ def test_prune_then_distilled_finetune_step():
     assert not wl.model.training and not tuned.training
 
 
-@pytest.mark.parametrize("name,method", [("mosaic-segvit", "local-then-global"), ("motion-vivit", "time tubes"),
-                                         ("motion-vivit-pan", "time tubes"), ("motion-vivit-pan", "saliency")])
+@pytest.mark.parametrize("name,method", [("mosaic-segvit", "local-then-global"), ("mosaic-det", "local-then-global"),
+                                         ("motion-vivit", "time tubes"), ("motion-vivit-pan", "time tubes"),
+                                         ("motion-vivit-pan", "saliency")])
 def test_local_merge_steps_cut_macs_and_leave_the_dense_model(name, method):
     from prunekit.demo import STEPS
     from prunekit.tokens import is_patched
@@ -37,7 +38,8 @@ def test_local_merge_steps_cut_macs_and_leave_the_dense_model(name, method):
     wl = load(name)
     merged = step.apply(copy.deepcopy(wl.model), wl)
     x = wl.example_inputs
-    assert count_macs(merged, x) < 0.6 * count_macs(wl.model, x)
+    # mosaic-det's neck and head (28% of its MACs) run on the restored grid, and it loses mAP fast below 0.7
+    assert count_macs(merged, x) < (0.71 if name == "mosaic-det" else 0.6) * count_macs(wl.model, x)
     assert is_patched(merged) and not is_patched(wl.model)
     with torch.no_grad():
         assert merged(*x).shape == wl.model(*x).shape

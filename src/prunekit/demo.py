@@ -184,6 +184,8 @@ STEPS: tuple[Step, ...] = (
          _variant("fmnist-vit-dynamic"), needs="fmnist-vit-dynamic"),
     Step("mosaic-segvit", "ToMe r=12", _merge(12)),
     Step("mosaic-segvit", "local-then-global: 20 windows + ToMe decreasing r=10", _merge_local(20, r=_decreasing(10))),
+    Step("mosaic-det", "ToMe r=19", _merge(19)),
+    Step("mosaic-det", "local-then-global: 20 windows + ToMe decreasing r=4", _merge_local(20, r=_decreasing(4))),
     Step("motion-vivit", "ToMe r=12", _merge(12)),
     Step("motion-vivit", "time tubes 30 + ToMe r=8", _merge_local(tubes=30, r=8)),
     Step("motion-vivit-pan", "time tubes 30 + ToMe r=16", _merge_local(tubes=30, r=16)),
